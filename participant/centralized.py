@@ -1,0 +1,111 @@
+"""The centralized baseline: the participant's trainer on the union of every participant's data.
+
+It uses the federated run's step budget (rounds x participants x local_steps optimizer steps, in rounds of
+participants x local_steps with the LR schedule restarting each round), so the two compare like with like.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from lerobot.datasets.compute_stats import aggregate_stats
+from lerobot.datasets.factory import resolve_delta_timestamps
+from torch.utils.data import ConcatDataset
+from zk0.data import open_dataset
+
+from participant.datamodule import LeRobotDataModule
+from participant.lightning_module import RoundPlan, SmolVLAModule
+from participant.local_training import LocalTrainer
+from zk0.config import Config
+from zk0.evaluation import evaluate_loss
+from zk0.policy import build_policy, export_pretrained, resolve_device
+from zk0.rundir import RunDir
+from zk0.sources import check_same_layout, demo_root, open_source, training_split
+
+log = logging.getLogger(__name__)
+
+
+def run_centralized(config: Config, run_dir: Path, *, progress: bool = True) -> list[dict]:
+    """Train, evaluate after every round (and before the first), export final/; returns the metrics."""
+    device = resolve_device(config.train.device)
+    sources = [open_source(spec, config) for spec in config.data.participants]
+    eval_sources = [open_source(spec, config) for spec in config.data.eval]
+    check_same_layout(sources + eval_sources)
+    run = RunDir.create(run_dir, config)
+
+    stats = aggregate_stats([s.meta.stats for s in sources])
+    bundle = build_policy(config.model, sources[0].meta, stats, device=device, demo_root=demo_root(config))
+    delta = resolve_delta_timestamps(bundle.policy.config, sources[0].meta)
+
+    train_sets, eval_sets = [], {}
+    for source in sources:
+        train, held = training_split(source, heldout=config.data.heldout_episodes, delta_timestamps=delta)
+        train_sets.append(train)
+        if held is not None:
+            eval_sets[f"heldout:{source.name}"] = held
+    for source in eval_sources:
+        eval_sets[f"eval:{source.name}"] = open_dataset(source.ref, episodes=None, delta_timestamps=delta)
+
+    datamodule = LeRobotDataModule(
+        ConcatDataset(train_sets), batch_size=config.train.batch_size, num_workers=config.data.num_workers
+    )
+    module = SmolVLAModule(bundle, config.train, source="centralized")
+    trainer = LocalTrainer(
+        module, datamodule, device=device, precision=config.train.precision, progress=progress
+    )
+    steps_per_round = config.train.local_steps * len(sources)
+    log.info(
+        "centralized: %d datasets, %d training frames, %d rounds x %d steps on %s (%s)",
+        len(sources),
+        len(datamodule.dataset),
+        config.federation.rounds,
+        steps_per_round,
+        device,
+        trainer.precision,
+    )
+
+    def evaluate() -> dict[str, float]:
+        return {
+            name: evaluate_loss(
+                bundle,
+                dataset,
+                batch_size=config.eval.batch_size,
+                max_batches=config.eval.batches,
+                seed=config.eval.seed,
+                num_workers=config.data.num_workers,
+            )["loss"]
+            for name, dataset in eval_sets.items()
+        }
+
+    history = []
+    entry = {"round": 0, "steps": 0, "eval": evaluate()}
+    run.record(entry, step=0)
+    history.append(entry)
+    log.info("round 0: eval %s", _fmt(entry["eval"]))
+    for round_idx in range(1, config.federation.rounds + 1):
+        plan = RoundPlan(lr=config.train.lr, mu=0.0, steps=steps_per_round)
+        result = trainer.train_round(plan, seed=config.seed + round_idx)
+        entry = {
+            "round": round_idx,
+            "steps": round_idx * steps_per_round,
+            "train": result.as_dict(),
+            "eval": evaluate(),
+        }
+        run.record(entry, step=round_idx)
+        history.append(entry)
+        log.info(
+            "round %d: train loss %.4f (%.1fs), eval %s",
+            round_idx,
+            result.policy_loss,
+            result.seconds,
+            _fmt(entry["eval"]),
+        )
+    export_pretrained(bundle, run.final_dir)
+    run.close()
+    log.info("wrote %s and %s", run.final_dir, run.metrics_path)
+    return history
+
+
+def _fmt(values: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in values.items())

@@ -1,0 +1,102 @@
+"""Runs blocks of local steps ("rounds") on a model and dataset built once per process."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import lightning as L
+import torch
+
+from participant.datamodule import LeRobotDataModule
+from participant.lightning_module import RoundPlan, SmolVLAModule
+
+
+@dataclass
+class RoundResult:
+    policy_loss: float
+    proximal_loss: float
+    grad_norm: float
+    update_norm: float
+    samples: int
+    steps: int
+    seconds: float
+    lr_first: float
+    lr_last: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+
+def resolve_precision(setting: str, device: str) -> str:
+    """`auto` is bf16 autocast on CUDA (as lerobot trains SmolVLA) and plain fp32 on CPU."""
+    if setting != "auto":
+        return setting
+    return "bf16-mixed" if device.startswith("cuda") else "32-true"
+
+
+def trainer_device_args(device: str) -> dict:
+    if device.startswith("cuda"):
+        index = int(device.split(":")[1]) if ":" in device else 0
+        return {"accelerator": "gpu", "devices": [index]}
+    return {"accelerator": device, "devices": 1}
+
+
+class LocalTrainer:
+    """A fresh Lightning Trainer per round (so optimizer and LR schedule restart), same module and data."""
+
+    def __init__(
+        self,
+        module: SmolVLAModule,
+        datamodule: LeRobotDataModule,
+        *,
+        device: str,
+        precision: str,
+        progress: bool = True,
+    ) -> None:
+        self.module = module
+        self.datamodule = datamodule
+        self.device = device
+        self.precision = resolve_precision(precision, device)
+        self.progress = progress
+
+    def make_trainer(self, steps: int) -> L.Trainer:
+        return L.Trainer(
+            max_steps=steps,
+            max_epochs=-1,
+            precision=self.precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=self.progress,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            **trainer_device_args(self.device),
+        )
+
+    def train_round(self, plan: RoundPlan, *, seed: int) -> RoundResult:
+        L.seed_everything(seed, workers=True, verbose=False)
+        self.datamodule.set_seed(seed)
+        self.module.start_round(plan)
+        started = time.perf_counter()
+        self.make_trainer(plan.steps).fit(self.module, datamodule=self.datamodule)
+        seconds = time.perf_counter() - started
+        logs = self.module.steps_log
+        if not logs.policy_loss:
+            raise RuntimeError("the round ran no training step")
+        return RoundResult(
+            policy_loss=statistics.fmean(logs.policy_loss),
+            proximal_loss=statistics.fmean(logs.proximal_loss),
+            grad_norm=statistics.fmean(logs.grad_norm) if logs.grad_norm else 0.0,
+            update_norm=self.module.update_norm(),
+            samples=logs.samples,
+            steps=len(logs.policy_loss),
+            seconds=seconds,
+            lr_first=logs.lr[0] if logs.lr else plan.lr,
+            lr_last=logs.lr[-1] if logs.lr else plan.lr,
+        )
+
+    @property
+    def policy(self) -> torch.nn.Module:
+        return self.module.policy

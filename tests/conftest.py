@@ -1,0 +1,17 @@
+"""Test-wide environment: no hub, caches in a temporary directory, a session-wide demo asset cache."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="zk0-hf-home-"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """One generated demo (tiny VLM assets + datasets) shared by every test that only reads it."""
+    return tmp_path_factory.mktemp("demo")

@@ -1,0 +1,46 @@
+"""The dependency direction: coordinator/ and participant/ build on zk0/, never on each other, and zk0/
+imports neither (except zk0/cli.py, the composition root). Read from the source, so it cannot drift."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+
+
+def imported_packages(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [
+        ("zk0", {"coordinator", "participant"}),
+        ("coordinator", {"participant"}),
+        ("participant", {"coordinator"}),
+    ],
+)
+def test_imports_run_one_way(package, forbidden):
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {sorted(imported_packages(path) & forbidden)}"
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if path != ROOT / "zk0" / "cli.py" and imported_packages(path) & forbidden
+    ]
+    assert not offenders
+
+
+def test_ruff_is_clean():
+    ruff = Path(sys.executable).parent / "ruff"
+    for args in (["check", "."], ["format", "--check", "."]):
+        result = subprocess.run([str(ruff), *args], cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,275 @@
+"""The one typed configuration: TOML file + `--set section.key=value` overrides, validated once on load.
+
+Every key here is read somewhere; an unknown key, a wrong type or an out-of-range value is refused with a
+message that names the key, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zk0.errors import Zk0Error
+
+SCHEDULES = ("cosine", "cosine_restarts", "plateau")
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
+
+
+class ConfigError(Zk0Error):
+    """A config problem; the message starts with the offending key."""
+
+
+@dataclass
+class ModelConfig:
+    # "tiny" builds the demo's tiny SmolVLA offline; otherwise a hub id (lerobot/smolvla_base) or a local
+    # pretrained directory (a lerobot checkpoint's pretrained_model/ or a zk0 export).
+    source: str = "tiny"
+    chunk_size: int = 50
+    n_action_steps: int = 50
+    freeze_vision_encoder: bool = True
+    train_expert_only: bool = True
+    train_state_proj: bool = True
+
+    def check(self) -> None:
+        _positive("model.chunk_size", self.chunk_size)
+        _positive("model.n_action_steps", self.n_action_steps)
+        if self.n_action_steps > self.chunk_size:
+            raise ConfigError(
+                f"model.n_action_steps: {self.n_action_steps} exceeds model.chunk_size {self.chunk_size}"
+            )
+        if not self.source:
+            raise ConfigError("model.source: must not be empty (use 'tiny', a hub id or a local directory)")
+
+
+@dataclass
+class DataConfig:
+    # Dataset specs: "demo:NAME" (generated), a local dataset directory, or a hub repo id "owner/name".
+    participants: list[str] = field(default_factory=lambda: ["demo:p0", "demo:p1", "demo:p2"])
+    eval: list[str] = field(default_factory=lambda: ["demo:eval"])
+    heldout_episodes: int = 1
+    fps: int = 30
+    state_dim: int = 6
+    action_dim: int = 6
+    num_workers: int = 0
+
+    def check(self) -> None:
+        if not self.participants:
+            raise ConfigError("data.participants: at least one dataset is required")
+        _non_negative("data.heldout_episodes", self.heldout_episodes)
+        _positive("data.fps", self.fps)
+        _positive("data.state_dim", self.state_dim)
+        _positive("data.action_dim", self.action_dim)
+        _non_negative("data.num_workers", self.num_workers)
+
+
+@dataclass
+class DemoConfig:
+    root: str = ".zk0/demo"
+    seed: int = 0
+    episodes: int = 8
+    frames_per_episode: int = 60
+
+    def check(self) -> None:
+        _positive("demo.episodes", self.episodes)
+        _positive("demo.frames_per_episode", self.frames_per_episode)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 8
+    lr: float = 1e-4
+    local_steps: int = 20
+    schedule: str = "cosine"
+    min_lr: float = 2.5e-6
+    restart_steps: int = 10
+    plateau_factor: float = 0.5
+    plateau_patience: int = 5
+    grad_clip_norm: float = 10.0
+    precision: str = "auto"
+    device: str = "auto"
+    max_bad_batches: int = 10
+
+    def check(self) -> None:
+        _positive("train.batch_size", self.batch_size)
+        _positive("train.lr", self.lr)
+        _positive("train.local_steps", self.local_steps)
+        _one_of("train.schedule", self.schedule, SCHEDULES)
+        _non_negative("train.min_lr", self.min_lr)
+        if self.min_lr > self.lr:
+            raise ConfigError(f"train.min_lr: {self.min_lr} exceeds train.lr {self.lr}")
+        _positive("train.restart_steps", self.restart_steps)
+        if not 0 < self.plateau_factor < 1:
+            raise ConfigError(f"train.plateau_factor: {self.plateau_factor} must be in (0, 1)")
+        _non_negative("train.plateau_patience", self.plateau_patience)
+        _non_negative("train.grad_clip_norm", self.grad_clip_norm)
+        _one_of("train.precision", self.precision, PRECISIONS)
+        if self.device not in ("auto", "cpu") and not self.device.startswith(("cuda", "mps")):
+            raise ConfigError(f"train.device: {self.device!r} is not one of auto, cpu, cuda[:N], mps")
+        _non_negative("train.max_bad_batches", self.max_bad_batches)
+
+
+@dataclass
+class FederationConfig:
+    rounds: int = 3
+    mu: float = 0.01
+
+    def check(self) -> None:
+        _positive("federation.rounds", self.rounds)
+        _non_negative("federation.mu", self.mu)
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 8
+    # 0 evaluates the whole held-out data; N caps it at N batches.
+    batches: int = 0
+    seed: int = 1234
+
+    def check(self) -> None:
+        _positive("eval.batch_size", self.batch_size)
+        _non_negative("eval.batches", self.batches)
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def check(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value.check()
+
+    def uses_demo(self) -> bool:
+        return any(s.startswith("demo:") for s in [*self.data.participants, *self.data.eval])
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read TOML (or start from defaults), apply `section.key=value` overrides, validate, return."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path}: invalid TOML: {e}") from e
+    for item in overrides:
+        _apply_override(raw, item)
+    config = _build(Config, raw, prefix="")
+    config.check()
+    return config
+
+
+def config_to_toml(config: Config) -> str:
+    """Serialize a resolved config so a run directory's snapshot can be fed back with --config."""
+    lines: list[str] = []
+    nested: list[tuple[str, Any]] = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            nested.append((f.name, value))
+        else:
+            lines.append(f"{f.name} = {_toml_value(value)}")
+    for name, section in nested:
+        lines.append(f"\n[{name}]")
+        for f in dataclasses.fields(section):
+            lines.append(f"{f.name} = {_toml_value(getattr(section, f.name))}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()  # a bare string such as lerobot/smolvla_base needs no quotes on the command line
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part!r} is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "the config"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            raise ConfigError(f"{prefix}{key}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for key, value in raw.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(f"{prefix}{key}", value, hint)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list of {item_type.__name__}, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"{key}: optional config values are not supported")
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if not isinstance(value, hint):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}: must be > 0, got {value}")
+
+
+def _non_negative(key: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{key}: must be >= 0, got {value}")
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
