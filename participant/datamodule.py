@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import av
 import lightning as L
@@ -18,8 +17,9 @@ from zk0.errors import Zk0Error
 log = logging.getLogger(__name__)
 
 # What a frame that cannot be read raises: PyAV decode errors, lerobot's timestamp check, a vanished or
-# truncated file, torchcodec's RuntimeError. Anything else is a bug and propagates.
-DECODE_ERRORS = (av.error.FFmpegError, FrameTimestampError, OSError, RuntimeError)
+# truncated file (IndexError: lerobot indexes the container's first video stream, which a truncated file
+# lacks), torchcodec's RuntimeError. Each is logged and counted against the bound; anything else propagates.
+DECODE_ERRORS = (av.error.FFmpegError, FrameTimestampError, OSError, RuntimeError, IndexError)
 BAD_FRAMES_KEY = "zk0.bad_frames"
 
 
@@ -27,8 +27,9 @@ class BadDataError(Zk0Error):
     """More undecodable frames than the configured bound: the data is broken, not unlucky."""
 
 
-@dataclass(frozen=True)
-class BadFrame:
+class BadFrame(NamedTuple):
+    """A NamedTuple, not a dataclass: Lightning rebuilds the batch's containers when moving it to a device."""
+
     index: int
     error: str
 

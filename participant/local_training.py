@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass
 
 import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
 import torch
 
 from participant.datamodule import LeRobotDataModule
@@ -43,6 +45,11 @@ def trainer_device_args(device: str) -> dict:
     return {"accelerator": device, "devices": 1}
 
 
+# SmolVLA keeps its frozen VLM in eval mode on purpose (lerobot's SmolVLMWithExpertModel.train does so).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="lightning")
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 class LocalTrainer:
     """A fresh Lightning Trainer per round (so optimizer and LR schedule restart), same module and data."""
 
@@ -70,6 +77,7 @@ class LocalTrainer:
             enable_checkpointing=False,
             enable_model_summary=False,
             enable_progress_bar=self.progress,
+            callbacks=[TQDMProgressBar()] if self.progress else [],
             num_sanity_val_steps=0,
             limit_val_batches=0,
             **trainer_device_args(self.device),

@@ -65,9 +65,16 @@ def setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("lightning", "lightning.pytorch", "torch", "httpx", "urllib3", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def quiet_libraries() -> None:
+    """Lightning sets its own loggers to INFO with a handler of their own when imported; keep warnings only."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lerobot.configs.video", "httpx", "urllib3", "PIL"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.WARNING)
+        logger.handlers.clear()
+        logger.propagate = True
 
 
 def default_run_dir(kind: str) -> Path:
@@ -78,6 +85,7 @@ def cmd_centralized(args: argparse.Namespace) -> int:
     from participant.centralized import run_centralized
     from zk0.config import load_config
 
+    quiet_libraries()
     config = load_config(args.config, args.overrides)
     run_dir = args.run_dir or default_run_dir("centralized")
     history = run_centralized(config, run_dir, progress=not args.no_progress)
