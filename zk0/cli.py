@@ -69,7 +69,7 @@ def setup_logging(verbose: bool) -> None:
 
 
 def quiet_libraries() -> None:
-    """Lightning sets its own loggers to INFO with a handler of their own when imported; keep warnings only."""
+    """Lightning sets its loggers to INFO with their own handler when imported: keep warnings only."""
     for name in ("lightning.pytorch", "lightning.fabric", "lerobot.configs.video", "httpx", "urllib3", "PIL"):
         logger = logging.getLogger(name)
         logger.setLevel(logging.WARNING)
