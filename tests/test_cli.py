@@ -1,0 +1,82 @@
+"""The `zk0` console script as a user runs it: real processes, real files."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zk0.config import load_config
+from zk0.policy import load_exported
+
+ROOT = Path(__file__).parent.parent
+ZK0 = str(Path(sys.executable).parent / "zk0")
+
+
+def zk0(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([ZK0, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_real_config_offline_fails_fast_with_one_line(tmp_path):
+    result = zk0("centralized", "--config", "configs/so100.toml", "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("zk0: error: dataset 'shaunkirby/record-test'")
+    assert "hub" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_override_names_the_key(tmp_path):
+    result = zk0("centralized", "--set", "train.bogus=1", "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "zk0: error: train.bogus: unknown key (known: batch_size, device, grad_clip_norm, local_steps, lr, "
+        "max_bad_batches, min_lr, plateau_factor, plateau_patience, precision, restart_steps, schedule)"
+    )
+
+
+def test_centralized_demo_end_to_end(tmp_path):
+    run = tmp_path / "run"
+    args = [
+        "centralized",
+        "--run-dir",
+        str(run),
+        "--no-progress",
+        "--set",
+        f'demo.root="{tmp_path / "demo"}"',
+        "--set",
+        "demo.episodes=4",
+        "--set",
+        "demo.frames_per_episode=40",
+        "--set",
+        "federation.rounds=2",
+        "--set",
+        "train.local_steps=10",
+    ]
+    result = zk0(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [entry["round"] for entry in lines] == [0, 1, 2]
+    assert lines[-1]["steps"] == 2 * 3 * 10
+    first, last = lines[0]["eval"], lines[-1]["eval"]
+    assert set(first) == {"heldout:p0", "heldout:p1", "heldout:p2", "eval:eval"}
+    for name in first:
+        assert last[name] < first[name], name
+    assert load_config(run / "config.toml").train.local_steps == 10
+    assert any((run / "tensorboard").iterdir())
+    assert "held-out loss, round 0 -> round 2" in result.stdout
+    bundle = load_exported(run / "final")
+    assert bundle.policy.config.chunk_size == 10
+
+    again = zk0(*args)
+    assert again.returncode == 2
+    assert "already holds a run" in again.stderr
+
+
+@pytest.mark.parametrize("command", [["--help"], ["centralized", "--help"], ["demo-data", "--help"]])
+def test_help(command):
+    assert zk0(*command).returncode == 0
