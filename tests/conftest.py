@@ -15,3 +15,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def demo_root(tmp_path_factory) -> Path:
     """One generated demo (tiny VLM assets + datasets) shared by every test that only reads it."""
     return tmp_path_factory.mktemp("demo")
+
+
+@pytest.fixture(scope="session")
+def small_demo(demo_root: Path):
+    """A small demo under `demo_root` (2 participants, short episodes) for tests that read demo datasets.
+
+    Imported here, not at the top, so test modules that never touch lerobot do not pay its import.
+    """
+    from zk0.demo import ensure_demo
+
+    return ensure_demo(demo_root, seed=0, participants=2, episodes=3, frames_per_episode=20, eval_episodes=2)

@@ -1,0 +1,259 @@
+"""Dataset specs (demo name, local directory, hub repo id), LeRobot loading, validation and the episode
+split. Every problem a user can fix becomes one Zk0Error line that names the dataset."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pyarrow.parquet as pq
+import requests
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+)
+from lerobot.datasets import CODEBASE_VERSION, LeRobotDataset, LeRobotDatasetMetadata
+from lerobot.utils.constants import DEFAULT_FEATURES, HF_LEROBOT_HUB_CACHE
+
+from zk0 import hub
+from zk0.demo import demo_dataset_dir, demo_repo_id, is_demo_name
+from zk0.errors import Zk0Error
+
+log = logging.getLogger(__name__)
+
+DEMO_PREFIX = "demo:"
+STATE = "observation.state"
+ACTION = "action"
+CAMERA_PREFIX = "observation.images."
+VIDEO_BACKEND = "pyav"  # torchcodec needs a system FFmpeg; without it lerobot prints a traceback per start
+_REQUIRED_META = ("meta/tasks.parquet", "meta/episodes")  # lerobot's metadata needs them; stats are optional
+_SYNC_COLUMNS = ["episode_index", "frame_index", "timestamp"]
+# What the hub client raises when the hub is unreachable, refuses, or lacks the dataset.
+_HUB_ERRORS = (
+    HfHubHTTPError,
+    OfflineModeIsEnabled,
+    LocalEntryNotFoundError,
+    httpx.TransportError,
+    requests.ConnectionError,
+)
+_ACCEPTED = (
+    "'demo:NAME' (a generated demo dataset: p0, p1, ... or eval), "
+    "a local LeRobot dataset directory (one with meta/info.json), or a Hugging Face hub repo id 'owner/name'"
+)
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """Where a dataset spec points: `root` is None for a hub dataset (lerobot's cache decides)."""
+
+    spec: str
+    repo_id: str
+    root: Path | None
+    is_demo: bool
+    is_hub: bool
+
+
+def resolve_spec(spec: str, demo_root: Path) -> DatasetRef:
+    """Classify a spec; a demo dataset is not generated here (the caller ensures it)."""
+    if spec.startswith(DEMO_PREFIX):
+        name = spec.removeprefix(DEMO_PREFIX)
+        if not is_demo_name(name):
+            raise Zk0Error(
+                f"dataset spec '{spec}': no such demo dataset (demo names are p0, p1, ... and eval)"
+            )
+        return DatasetRef(spec, demo_repo_id(name), demo_dataset_dir(demo_root, name), True, False)
+    path = Path(spec).expanduser()
+    if spec.strip() and path.is_dir():
+        if not (path / "meta" / "info.json").is_file():
+            raise Zk0Error(
+                f"dataset spec '{spec}': the directory has no meta/info.json, not a LeRobot dataset"
+            )
+        return DatasetRef(spec, f"local/{path.resolve().name}", path, False, False)
+    if hub.looks_like_hub_id(spec):
+        return DatasetRef(spec, spec, None, False, True)
+    raise Zk0Error(f"dataset spec '{spec}' is not understood: use {_ACCEPTED}")
+
+
+def load_metadata(ref: DatasetRef) -> LeRobotDatasetMetadata:
+    """The dataset's metadata (features, fps, stats, episodes), without its frames."""
+    if ref.root is not None:
+        _check_local_format(ref, ref.root)
+    with _translated_errors(ref):
+        return LeRobotDatasetMetadata(ref.repo_id, root=ref.root)
+
+
+def open_dataset(
+    ref: DatasetRef, *, episodes: list[int] | None, delta_timestamps: dict[str, list[float]] | None
+) -> LeRobotDataset:
+    """The frames of `episodes` (all if None), decoded with PyAV, with SmolVLA's action-chunk offsets."""
+    with _translated_errors(ref):
+        return LeRobotDataset(
+            ref.repo_id,
+            root=ref.root,
+            episodes=episodes,
+            delta_timestamps=delta_timestamps,
+            video_backend=VIDEO_BACKEND,
+        )
+
+
+def validate(
+    meta: LeRobotDatasetMetadata,
+    ref: DatasetRef,
+    *,
+    expected_fps: int | None,
+    state_dim: int | None,
+    action_dim: int | None,
+) -> None:
+    """Reject a dataset SmolVLA cannot train on here, before any training starts."""
+    problems = _missing_features(meta)
+    if expected_fps is not None and meta.fps != expected_fps:
+        problems.append(f"fps is {meta.fps}, expected {expected_fps}")
+    problems += _dimension_problem(meta, STATE, state_dim)
+    problems += _dimension_problem(meta, ACTION, action_dim)
+    if problems:
+        raise Zk0Error(f"dataset '{ref.spec}': {'; '.join(problems)}")
+    _check_timestamps(meta, ref)
+
+
+def split_episodes(total: int, heldout: int) -> tuple[list[int], list[int]]:
+    """(train, held-out) episode indices: the last `heldout` episodes are held out, the same every round."""
+    if heldout < 0 or heldout >= total:
+        raise Zk0Error(
+            f"cannot hold out {heldout} of {total} episodes: need 0 <= heldout < total "
+            "(at least one episode must stay for training)"
+        )
+    cut = total - heldout
+    return list(range(cut)), list(range(cut, total))
+
+
+def _missing_features(meta: LeRobotDatasetMetadata) -> list[str]:
+    features = meta.features
+    missing = [key for key in (STATE, ACTION) if key not in features]
+    if not any(key.startswith(CAMERA_PREFIX) for key in meta.camera_keys):
+        missing.append(f"a camera ({CAMERA_PREFIX}*)")
+    if not missing:
+        return []
+    present = sorted(key for key in features if key not in DEFAULT_FEATURES)
+    return [
+        f"missing required feature(s) {', '.join(missing)} (it has: {', '.join(present) or 'nothing else'})"
+    ]
+
+
+def _dimension_problem(meta: LeRobotDatasetMetadata, key: str, expected: int | None) -> list[str]:
+    if expected is None or key not in meta.features:
+        return []
+    shape = tuple(meta.features[key]["shape"])
+    if shape == (expected,):
+        return []
+    return [f"{key} has shape {shape}, expected ({expected},)"]
+
+
+def _check_timestamps(meta: LeRobotDatasetMetadata, ref: DatasetRef) -> None:
+    """Every frame's timestamp must be within one frame period of frame_index / fps: otherwise video
+    frames and action chunks are looked up at the wrong times. Reads parquet columns only, no video."""
+    fps = meta.fps
+    for path in _data_files(meta, ref):
+        table = pq.read_table(path, columns=_SYNC_COLUMNS).to_pydict()
+        episode = np.asarray(table["episode_index"])
+        frame = np.asarray(table["frame_index"], dtype=np.float64)
+        timestamp = np.asarray(table["timestamp"], dtype=np.float64)
+        drift = np.abs(timestamp - frame / fps)
+        worst = int(np.argmax(drift)) if len(drift) else 0
+        if len(drift) and drift[worst] > 1.0 / fps + 1e-9:
+            raise Zk0Error(
+                f"dataset '{ref.spec}': timestamps out of sync in episode {int(episode[worst])}: "
+                f"frame {int(frame[worst])} has timestamp {timestamp[worst]:.4f}s, expected "
+                f"{frame[worst] / fps:.4f}s (more than one frame period, {1.0 / fps:.4f}s, off)"
+            )
+
+
+def _data_files(meta: LeRobotDatasetMetadata, ref: DatasetRef) -> list[Path]:
+    """The parquet frame tables; for a hub dataset whose metadata came alone, fetch them (no videos)."""
+    root = Path(meta.root)
+    if ref.is_hub and not any((root / "data").rglob("*.parquet")):
+        with _translated_errors(ref):
+            root = Path(
+                snapshot_download(
+                    ref.repo_id,
+                    repo_type="dataset",
+                    revision=meta.revision,
+                    cache_dir=HF_LEROBOT_HUB_CACHE,
+                    allow_patterns="data/*",
+                )
+            )
+    files = sorted((root / "data").rglob("*.parquet"))
+    if not files:
+        raise Zk0Error(f"dataset '{ref.spec}': no frame data (data/**/*.parquet) under {root}")
+    return files
+
+
+def _check_local_format(ref: DatasetRef, root: Path) -> None:
+    """Without this, lerobot answers a missing or old-format local dataset by going to the hub."""
+    info_path = root / "meta" / "info.json"
+    if not info_path.is_file():
+        hint = " (generate the demo first)" if ref.is_demo else ""
+        raise Zk0Error(f"dataset '{ref.spec}': no LeRobot dataset at {root}{hint}")
+    try:
+        info: dict[str, Any] = json.loads(info_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise Zk0Error(f"dataset '{ref.spec}': cannot read {info_path}: {e}") from e
+    version = info.get("codebase_version")
+    if version != CODEBASE_VERSION:
+        raise Zk0Error(
+            f"dataset '{ref.spec}' is in LeRobot format {version}, zk0 needs {CODEBASE_VERSION} "
+            "(convert it with lerobot's dataset conversion script)"
+        )
+    missing = [name for name in _REQUIRED_META if not (root / name).exists()]
+    if missing:
+        raise Zk0Error(f"dataset '{ref.spec}'{_at(ref)} is incomplete: {', '.join(missing)} missing")
+
+
+def _at(ref: DatasetRef) -> str:
+    """' at ROOT' when the spec alone does not say where the files are."""
+    return "" if ref.root is None or str(ref.root) == ref.spec else f" at {ref.root}"
+
+
+@contextlib.contextmanager
+def _translated_errors(ref: DatasetRef) -> Iterator[None]:
+    """Hub failures become one line naming the dataset."""
+    try:
+        yield
+    except _HUB_ERRORS as e:
+        raise _hub_failure(ref, e) from e
+
+
+def _hub_failure(ref: DatasetRef, error: BaseException) -> Zk0Error:
+    if not ref.is_hub:
+        # lerobot goes to the hub when a file of a local dataset is missing: the dataset is incomplete.
+        return Zk0Error(
+            f"dataset '{ref.spec}'{_at(ref)} is incomplete: lerobot found a file missing and went to the hub "
+            f"for it ({_first_line(error)})"
+        )
+    if isinstance(error, RepositoryNotFoundError):
+        return Zk0Error(
+            f"dataset '{ref.spec}' was not found on the Hugging Face hub (or it is private or gated)"
+        )
+    if isinstance(error, HfHubHTTPError):
+        return Zk0Error(
+            f"dataset '{ref.spec}': the Hugging Face hub refused the download ({_first_line(error)})"
+        )
+    reason = "HF_HUB_OFFLINE is set" if isinstance(error, OfflineModeIsEnabled) else _first_line(error)
+    return Zk0Error(
+        f"dataset '{ref.spec}' is on the Hugging Face hub, which is unreachable from here ({reason}); "
+        "use a local path or run where the hub is reachable"
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
