@@ -86,7 +86,16 @@ def child(kind: str, steps: int, warmup: int, demo: Path) -> dict:
 
 
 def run_child(kind: str, args: argparse.Namespace, demo: Path) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+    ]
     cmd += ["--demo", str(demo)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
@@ -94,7 +103,9 @@ def run_child(kind: str, args: argparse.Namespace, demo: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)

@@ -12,12 +12,12 @@ from pathlib import Path
 from lerobot.datasets.compute_stats import aggregate_stats
 from lerobot.datasets.factory import resolve_delta_timestamps
 from torch.utils.data import ConcatDataset
-from zk0.data import open_dataset
 
 from participant.datamodule import LeRobotDataModule
 from participant.lightning_module import RoundPlan, SmolVLAModule
 from participant.local_training import LocalTrainer
 from zk0.config import Config
+from zk0.data import open_dataset
 from zk0.evaluation import evaluate_loss
 from zk0.policy import build_policy, export_pretrained, resolve_device
 from zk0.rundir import RunDir

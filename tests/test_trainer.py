@@ -64,10 +64,21 @@ def test_mu_zero_step_is_lerobots_update_policy(setup):
     batch = first_batch(ours, seed=5)
 
     theirs = copy.deepcopy(bundle.policy)
-    optimizer = theirs.config.get_optimizer_preset().build([p for p in theirs.parameters() if p.requires_grad])
+    optimizer = theirs.config.get_optimizer_preset().build(
+        [p for p in theirs.parameters() if p.requires_grad]
+    )
     optimizer.param_groups[0]["lr"] = config.train.lr
-    metrics = MetricsTracker(4, 100, 1, {"loss": AverageMeter("loss"), "grad_norm": AverageMeter("g"),
-                                         "lr": AverageMeter("lr"), "update_s": AverageMeter("s")})
+    metrics = MetricsTracker(
+        4,
+        100,
+        1,
+        {
+            "loss": AverageMeter("loss"),
+            "grad_norm": AverageMeter("g"),
+            "lr": AverageMeter("lr"),
+            "update_s": AverageMeter("s"),
+        },
+    )
     torch.manual_seed(5)
     update_policy(metrics, theirs, bundle.preprocessor(dict(batch)), optimizer, 10.0, Accelerator(cpu=True))
 

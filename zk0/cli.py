@@ -4,29 +4,16 @@ coordinator/ and participant/, and only inside the subcommands that wire them to
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 import time
 from pathlib import Path
 
-from zk0.errors import Zk0Error
-
-log = logging.getLogger("zk0")
+from zk0.console import add_config_args, quiet_libraries, run_command
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    try:
-        return args.func(args) or 0
-    except Zk0Error as e:
-        print(f"zk0: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("zk0: interrupted", file=sys.stderr)
-        return 130
+    args = build_parser().parse_args(argv)
+    return run_command(args.func, args, "zk0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,41 +27,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     p.set_defaults(func=cmd_centralized)
 
+    p = sub.add_parser(
+        "simulate",
+        help="a coordinator and one participant per configured dataset, in one process over loopback gRPC",
+    )
+    add_config_args(p)
+    p.add_argument("--run-dir", type=Path, help="where to write the run (default: runs/simulate-<time>)")
+    p.add_argument(
+        "--device", help="device for every participant and the coordinator (default: train.device)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    p.set_defaults(func=cmd_simulate)
+
     p = sub.add_parser("demo-data", help="generate the embedded demo's tiny VLM assets and datasets")
     add_config_args(p)
     p.add_argument("--out", type=Path, help="demo directory (default: the config's demo.root)")
     p.set_defaults(func=cmd_demo_data)
     return parser
-
-
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=Path("configs/demo.toml"), help="TOML config file")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one config value (repeatable), e.g. --set train.local_steps=5",
-    )
-
-
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def quiet_libraries() -> None:
-    """Lightning sets its loggers to INFO with their own handler when imported: keep warnings only."""
-    for name in ("lightning.pytorch", "lightning.fabric", "lerobot.configs.video", "httpx", "urllib3", "PIL"):
-        logger = logging.getLogger(name)
-        logger.setLevel(logging.WARNING)
-        logger.handlers.clear()
-        logger.propagate = True
 
 
 def default_run_dir(kind: str) -> Path:
@@ -97,24 +66,90 @@ def cmd_centralized(args: argparse.Namespace) -> int:
     return 0
 
 
+def simulate(config, run_dir: Path, *, device: str, progress: bool) -> list[dict]:
+    """The coordinator's gRPC server on 127.0.0.1 (ephemeral port) and one participant client per configured
+    dataset, each in a thread of this process, training one after another on the one device."""
+    import logging
+    import threading
+
+    from coordinator.server import CoordinatorServer, ServerOptions
+    from participant.client import ClientOptions, ParticipantClient, participant_name
+
+    server = CoordinatorServer(config, run_dir, ServerOptions(host="127.0.0.1", insecure=True, device=device))
+    port = server.start()
+    train_lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def take_part(spec: str) -> None:
+        options = ClientOptions(
+            coordinator=f"127.0.0.1:{port}",
+            dataset=spec,
+            name=participant_name(spec),
+            insecure=True,
+            device=device,
+            progress=progress,
+            give_up_s=30.0,
+        )
+        try:
+            ParticipantClient(options, train_lock=train_lock).run()
+        except Exception as e:  # noqa: BLE001 - reported; the run stops once no participant is left
+            logging.getLogger("zk0.simulate").error("participant %s failed: %s", spec, e)
+            errors.append(e)
+            if len(errors) == len(config.data.participants):
+                server.stop_event.set()
+
+    threads = [
+        threading.Thread(target=take_part, args=(spec,), name=f"zk0-participant-{i}", daemon=True)
+        for i, spec in enumerate(config.data.participants)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        server.wait()
+    finally:
+        for thread in threads:
+            thread.join(timeout=60)
+    if errors and len(errors) == len(threads):
+        raise errors[0]
+    return server.store.run.read_metrics()
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from zk0.config import load_config
+
+    quiet_libraries()
+    config = load_config(args.config, args.overrides)
+    run_dir = args.run_dir or default_run_dir("simulate")
+    history = simulate(
+        config, run_dir, device=args.device or config.train.device, progress=not args.no_progress
+    )
+    print_eval_table(history)
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def print_eval_table(history: list[dict]) -> None:
+    evaluated = [e for e in history if "eval" in e]
+    names = list(evaluated[0]["eval"])
+    print("\nheld-out loss of the global model per round:")
+    print("  round  " + "  ".join(f"{n:>14}" for n in names))
+    for entry in evaluated:
+        print(f"  {entry['round']:>5}  " + "  ".join(f"{entry['eval'][n]:>14.4f}" for n in names))
+
+
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from zk0.config import load_config
-    from zk0.demo import ensure_demo_dataset, ensure_vlm_assets
+    from zk0.demo import ensure_vlm_assets
+    from zk0.sources import open_source
 
-    config = load_config(args.config, args.overrides)
-    root = args.out or Path(config.demo.root)
-    vlm = ensure_vlm_assets(root)
-    print(f"tiny VLM assets: {vlm}")
+    overrides = [*args.overrides, f'demo.root="{args.out}"'] if args.out else args.overrides
+    config = load_config(args.config, overrides)
+    print(f"tiny VLM assets: {ensure_vlm_assets(Path(config.demo.root))}")
     for spec in [*config.data.participants, *config.data.eval]:
         if spec.startswith("demo:"):
-            path = ensure_demo_dataset(
-                root,
-                spec.removeprefix("demo:"),
-                seed=config.demo.seed,
-                episodes=config.demo.episodes,
-                frames_per_episode=config.demo.frames_per_episode,
-            )
-            print(f"{spec}: {path}")
+            source = open_source(spec, config)
+            meta = source.meta
+            print(f"{spec}: {source.ref.root} ({meta.total_episodes} episodes, {meta.total_frames} frames)")
     return 0
 
 

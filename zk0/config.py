@@ -17,6 +17,7 @@ from typing import Any
 from zk0.errors import Zk0Error
 
 SCHEDULES = ("cosine", "cosine_restarts", "plateau")
+STRATEGIES = ("fedprox", "fedavg")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 
 
@@ -116,11 +117,47 @@ class TrainConfig:
 @dataclass
 class FederationConfig:
     rounds: int = 3
+    # "fedprox" sends `mu` to participants; "fedavg" sends 0. The server side is FedAvg either way.
+    strategy: str = "fedprox"
     mu: float = 0.01
+    min_participants: int = 2
+    fraction: float = 1.0
+    min_updates: int = 2
+    join_timeout_s: float = 600.0
+    # What to do when min_participants have not joined by join_timeout_s: keep waiting, or stop the run.
+    on_join_timeout: str = "wait"
+    round_timeout_s: float = 1800.0
+    max_round_attempts: int = 3
+    lease_s: float = 30.0
+    chunk_kib: int = 4096
+    max_update_mib: int = 4096
 
     def check(self) -> None:
         _positive("federation.rounds", self.rounds)
+        _one_of("federation.strategy", self.strategy, STRATEGIES)
         _non_negative("federation.mu", self.mu)
+        _positive("federation.min_participants", self.min_participants)
+        if not 0 < self.fraction <= 1:
+            raise ConfigError(f"federation.fraction: {self.fraction} must be in (0, 1]")
+        _positive("federation.min_updates", self.min_updates)
+        if self.min_updates > self.min_participants:
+            raise ConfigError(
+                f"federation.min_updates: {self.min_updates} exceeds federation.min_participants "
+                f"{self.min_participants}, so no round could ever aggregate"
+            )
+        _positive("federation.join_timeout_s", self.join_timeout_s)
+        _one_of("federation.on_join_timeout", self.on_join_timeout, ("wait", "stop"))
+        _positive("federation.round_timeout_s", self.round_timeout_s)
+        _positive("federation.max_round_attempts", self.max_round_attempts)
+        _positive("federation.lease_s", self.lease_s)
+        if not 1024 <= self.chunk_kib <= 4096:
+            raise ConfigError(f"federation.chunk_kib: {self.chunk_kib} must be within 1024..4096 (1-4 MiB)")
+        _positive("federation.max_update_mib", self.max_update_mib)
+
+    @property
+    def round_mu(self) -> float:
+        """The mu participants train with: FedAvg is FedProx with mu = 0."""
+        return self.mu if self.strategy == "fedprox" else 0.0
 
 
 @dataclass
@@ -157,15 +194,24 @@ class Config:
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read TOML (or start from defaults), apply `section.key=value` overrides, validate, return."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {path}: invalid TOML: {e}") from e
+    if path is None:
+        return _resolve({}, overrides)
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    return load_config_text(path.read_text(), f"config file {path}", overrides)
+
+
+def load_config_text(text: str, origin: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The same, from TOML text (e.g. the config a coordinator sends its participants)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{origin}: invalid TOML: {e}") from e
+    return _resolve(raw, overrides)
+
+
+def _resolve(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> Config:
     for item in overrides:
         _apply_override(raw, item)
     config = _build(Config, raw, prefix="")

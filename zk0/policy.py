@@ -3,6 +3,7 @@ tensors, and export/reload it in lerobot's `pretrained_model/` format."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -180,3 +181,15 @@ def _rewrite_json(path: Path, edit) -> None:
     data = json.loads(path.read_text())
     edit(data)
     path.write_text(json.dumps(data, indent=4) + "\n")
+
+
+def frozen_fingerprint(policy: torch.nn.Module) -> str:
+    """SHA-256 over the frozen parameters (name, dtype, shape, bytes): equal backbones, equal fingerprints."""
+    digest = hashlib.sha256()
+    for name, p in sorted(policy.named_parameters()):
+        if p.requires_grad:
+            continue
+        tensor = p.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

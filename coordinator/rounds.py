@@ -1,0 +1,463 @@
+"""The coordinator's round state machine: membership with leases, sampling, collecting validated updates,
+aggregating, and the deadlines around each of them.
+
+The gRPC servicer calls in from its worker threads (join, heartbeat, task_for, receive_update, ...); one
+driver thread runs `run()`. All shared state sits behind one lock with a condition variable that wakes the
+driver whenever something it waits for may have changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from coordinator.aggregation import FedAvgAccumulator
+from coordinator.store import RunStore
+from zk0.codec import FileAssembler, Manifest, PayloadRejected, decode_state, encode_state
+from zk0.config import Config
+from zk0.errors import Zk0Error
+from zk0.validation import Refusal, UpdateHeader, UpdateRejected, validate_tensors, validate_update
+
+log = logging.getLogger(__name__)
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+POLL_SECONDS = 0.5
+
+
+@dataclass
+class Member:
+    name: str
+    dataset: dict
+    lease_until: float
+
+
+@dataclass
+class Task:
+    """What a participant is told to do next; exactly one of train/wait/done applies."""
+
+    kind: str  # "train" | "wait" | "done"
+    round: int = 0
+    version: str = ""
+    size: int = 0
+    manifest: Manifest | None = None
+    lr: float = 0.0
+    mu: float = 0.0
+    steps: int = 0
+    seed: int = 0
+    deadline_s: float = 0.0
+    wait_s: float = 0.0
+    reason: str = ""
+
+
+@dataclass
+class RoundState:
+    round: int
+    attempt: int
+    sampled: list[str]
+    deadline: float
+    started: float
+    accumulator: FedAvgAccumulator
+    accepted: dict[str, UpdateHeader] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+    dropped: set[str] = field(default_factory=set)
+    evaluations: dict[str, dict[str, float]] = field(default_factory=dict)
+    bytes_down: int = 0
+    bytes_up: int = 0
+
+    def outstanding(self) -> set[str]:
+        return set(self.sampled) - set(self.accepted) - set(self.refused) - self.dropped
+
+
+class RunStopped(Zk0Error):
+    """The run cannot go on (no participants in time, rounds that never gather enough updates)."""
+
+
+class Coordinator:
+    def __init__(
+        self,
+        config: Config,
+        store: RunStore,
+        manifest: Manifest,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.fed = config.federation
+        self.store = store
+        self.manifest = manifest
+        self.clock = clock
+        self.max_update_bytes = self.fed.max_update_mib * 1024 * 1024
+        self.chunk_bytes = self.fed.chunk_kib * 1024
+        self.run_id = store.path.name
+        self._cond = threading.Condition()
+        self._members: dict[str, Member] = {}
+        self._round: RoundState | None = None
+        self._done = False
+        self._done_reason = ""
+        self._told_done: set[str] = set()
+        self.global_round = 0
+        self.global_version = ""
+        self.global_bytes = b""
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ the global model
+
+    def set_global(self, round_idx: int, data: bytes, version: str) -> None:
+        with self._cond:
+            self.global_round, self.global_bytes, self.global_version = round_idx, data, version
+
+    def global_state(self):
+        return decode_state(self.global_bytes)
+
+    def model_bytes(self, version: str) -> bytes:
+        with self._cond:
+            if version != self.global_version:
+                raise KeyError(version)
+            return self.global_bytes
+
+    # ------------------------------------------------------------------ membership
+
+    def join(self, name: str, dataset: dict) -> Member:
+        if not NAME.match(name):
+            raise Zk0Error(
+                f"participant name {name!r} must be 1-64 characters of letters, digits, '_', '.', '-'"
+            )
+        with self._cond:
+            now = self.clock()
+            current = self._members.get(name)
+            if current is not None and current.lease_until > now:
+                log.info("participant %s joined again (replacing its live session)", name)
+            member = Member(name, dataset, now + self.fed.lease_s)
+            self._members[name] = member
+            log.info(
+                "participant %s joined: %s, %s episodes, %s frames (%d live)",
+                name,
+                dataset.get("repo_id", "?"),
+                dataset.get("episodes", "?"),
+                dataset.get("frames", "?"),
+                self._live_count(now),
+            )
+            self._cond.notify_all()
+            return member
+
+    def heartbeat(self, name: str) -> bool:
+        """Renew a lease; False when the participant is unknown (lapsed or never joined)."""
+        with self._cond:
+            member = self._members.get(name)
+            now = self.clock()
+            if member is None or member.lease_until <= now:
+                return False
+            member.lease_until = now + self.fed.lease_s
+            return True
+
+    def is_registered(self, name: str) -> bool:
+        with self._cond:
+            member = self._members.get(name)
+            return member is not None and member.lease_until > self.clock()
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def _live_count(self, now: float) -> int:
+        return sum(1 for m in self._members.values() if m.lease_until > now)
+
+    def _expire_leases(self, now: float) -> None:
+        for name, member in list(self._members.items()):
+            if member.lease_until <= now:
+                del self._members[name]
+                log.warning("participant %s: lease lapsed, dropped (it may join again)", name)
+                if self._round is not None and name in self._round.outstanding():
+                    self._round.dropped.add(name)
+
+    # ------------------------------------------------------------------ tasks
+
+    def task_for(self, name: str) -> Task:
+        with self._cond:
+            if self._done:
+                self._told_done.add(name)
+                self._cond.notify_all()
+                return Task("done", reason=self._done_reason)
+            state = self._round
+            if state is None or name not in state.outstanding():
+                return Task("wait", wait_s=POLL_SECONDS, reason="no task for you in this round yet")
+            return Task(
+                "train",
+                round=state.round,
+                version=self.global_version,
+                size=len(self.global_bytes),
+                manifest=self.manifest,
+                lr=self.config.train.lr,
+                mu=self.fed.round_mu,
+                steps=self.config.train.local_steps,
+                seed=self.config.seed * 100_003 + state.round * 101 + state.attempt,
+                deadline_s=max(0.0, state.deadline - self.clock()),
+            )
+
+    def count_download(self, name: str, nbytes: int) -> None:
+        with self._cond:
+            self._touch(name)
+            if self._round is not None:
+                self._round.bytes_down += nbytes
+
+    def record_evaluation(self, name: str, round_idx: int, version: str, metrics: dict[str, float]) -> str:
+        with self._cond:
+            state = self._round
+            if state is None or round_idx != state.round or version != self.global_version:
+                return f"no evaluation expected for round {round_idx} / version {version[:12]}"
+            state.evaluations[name] = dict(metrics)
+            return ""
+
+    def _touch(self, name: str) -> None:
+        """An active transfer keeps a lease alive, whatever the heartbeats do."""
+        member = self._members.get(name)
+        if member is not None:
+            member.lease_until = max(member.lease_until, self.clock() + self.fed.lease_s)
+
+    # ------------------------------------------------------------------ uploads
+
+    def receive_update(self, header: UpdateHeader, chunks: Iterable[tuple[int, bytes]]) -> None:
+        """Spool, verify, validate and fold in one upload; UpdateRejected says why it does not count."""
+        name = header.participant_id
+        with self._cond:
+            state = self._round
+            if state is None:
+                raise UpdateRejected(Refusal.WRONG_ROUND, "no round is collecting updates now")
+            if name in state.outstanding():
+                try:
+                    validate_update(
+                        header,
+                        self.manifest,
+                        current_round=state.round,
+                        current_version=self.global_version,
+                        max_bytes=self.max_update_bytes,
+                    )
+                except UpdateRejected as e:
+                    state.refused[name] = f"{e.refusal.value}: {e.reason}"
+                    self._cond.notify_all()
+                    log.warning("round %d: refused update from %s: %s", state.round, name, e)
+                    raise
+            else:
+                why = (
+                    "already uploaded" if name in state.accepted else "not sampled or no longer in this round"
+                )
+                raise UpdateRejected(Refusal.NOT_IN_ROUND, f"participant {name}: {why}")
+        path = self.store.update_path(header.round, name)
+        try:
+            with FileAssembler(path, header.size, header.sha256, self.max_update_bytes) as assembler:
+                for offset, data in chunks:
+                    assembler.add(offset, data)
+                    with self._cond:
+                        self._touch(name)
+                assembler.finish()
+        except PayloadRejected as e:
+            self._refuse(state, name, Refusal.CORRUPT_PAYLOAD, e.reason)
+        try:
+            validate_tensors(path, self.manifest)
+        except UpdateRejected as e:
+            path.unlink(missing_ok=True)
+            self._refuse(state, name, e.refusal, e.reason)
+        with self._cond:
+            if self._round is not state or name not in state.outstanding():
+                path.unlink(missing_ok=True)
+                raise UpdateRejected(Refusal.WRONG_ROUND, f"round {header.round} ended while the upload ran")
+        state.accumulator.add(path, float(header.sample_count))
+        self.store.record_accepted(header.round, header)
+        with self._cond:
+            state.accepted[name] = header
+            state.bytes_up += header.size
+            self._cond.notify_all()
+        log.info(
+            "round %d: accepted update from %s (%d samples, %.1f MB, loss %.4f)",
+            header.round,
+            name,
+            header.sample_count,
+            header.size / 1e6,
+            header.metrics.get("policy_loss", math.nan),
+        )
+
+    def _refuse(self, state: RoundState, name: str, refusal: Refusal, reason: str) -> None:
+        with self._cond:
+            if self._round is state:
+                state.refused[name] = f"{refusal.value}: {reason}"
+                self._cond.notify_all()
+        log.warning("round %d: refused update from %s: %s: %s", state.round, name, refusal.value, reason)
+        raise UpdateRejected(refusal, reason)
+
+    # ------------------------------------------------------------------ the driver
+
+    def run(self, stop: threading.Event, on_round: Callable[[int, RoundState, dict], None]) -> None:
+        """Drive rounds from the one after the last completed one to the configured count."""
+        try:
+            round_idx = self.global_round + 1
+            attempt = 1
+            while round_idx <= self.fed.rounds and not stop.is_set():
+                waited = self._wait_for_participants(stop)
+                if stop.is_set():
+                    break
+                state = self._start_round(round_idx, attempt)
+                self._collect(state, stop)
+                if stop.is_set():
+                    break
+                entry = self._finish_round(state, waited)
+                if state.accepted and len(state.accepted) >= self.fed.min_updates:
+                    on_round(round_idx, state, entry)
+                    round_idx, attempt = round_idx + 1, 1
+                else:
+                    attempt += 1
+                    if attempt > self.fed.max_round_attempts:
+                        raise RunStopped(
+                            f"round {round_idx}: fewer than federation.min_updates={self.fed.min_updates} "
+                            f"updates in {self.fed.max_round_attempts} attempts; stopping"
+                        )
+                    log.warning("round %d: redoing it (attempt %d)", round_idx, attempt)
+            self._finish("the run is complete" if not stop.is_set() else "the coordinator is stopping")
+        except BaseException as e:
+            self._finish(f"the run stopped: {e}")
+            raise
+
+    def wait_until_told(self, timeout: float) -> None:
+        """Give live participants up to `timeout` seconds to hear that the run is over."""
+        deadline = self.clock() + timeout
+        with self._cond:
+            while self.clock() < deadline:
+                now = self.clock()
+                live = {n for n, m in self._members.items() if m.lease_until > now}
+                if live <= self._told_done:
+                    return
+                self._cond.wait(POLL_SECONDS)
+
+    def _finish(self, reason: str) -> None:
+        with self._cond:
+            self._done, self._done_reason = True, reason
+            self._round = None
+            self._cond.notify_all()
+
+    def _wait_for_participants(self, stop: threading.Event) -> float:
+        started = self.clock()
+        warned = False
+        with self._cond:
+            while not stop.is_set():
+                now = self.clock()
+                self._expire_leases(now)
+                live = self._live_count(now)
+                if live >= self.fed.min_participants:
+                    return now - started
+                if not warned and now - started >= self.fed.join_timeout_s:
+                    message = (
+                        f"only {live} of federation.min_participants={self.fed.min_participants} "
+                        "participants "
+                        f"joined within {self.fed.join_timeout_s:.0f}s"
+                    )
+                    if self.fed.on_join_timeout == "stop":
+                        raise RunStopped(message + "; stopping (federation.on_join_timeout = 'stop')")
+                    log.warning("%s; still waiting (federation.on_join_timeout = 'wait')", message)
+                    warned = True
+                self._cond.wait(POLL_SECONDS)
+        return self.clock() - started
+
+    def _start_round(self, round_idx: int, attempt: int) -> RoundState:
+        with self._cond:
+            now = self.clock()
+            live = sorted(n for n, m in self._members.items() if m.lease_until > now)
+            resumed = self.store.accepted(round_idx) if attempt == 1 else []
+            accumulator = FedAvgAccumulator(self.manifest)
+            state = RoundState(round_idx, attempt, [], now + self.fed.round_timeout_s, now, accumulator)
+            for header, path in resumed:
+                if header.base_version == self.global_version:
+                    accumulator.add(path, float(header.sample_count))
+                    state.accepted[header.participant_id] = header
+            candidates = [n for n in live if n not in state.accepted]
+            k = max(self.fed.min_updates - len(state.accepted), math.ceil(self.fed.fraction * len(live)))
+            rng = random.Random(self.config.seed * 1_000_003 + round_idx * 1009 + attempt)
+            picked = rng.sample(candidates, min(k, len(candidates)))
+            state.sampled = sorted(set(picked) | set(state.accepted))
+            self._round = state
+            self._cond.notify_all()
+        if state.accepted:
+            log.info("round %d: kept %d updates accepted before the restart", round_idx, len(state.accepted))
+        log.info(
+            "round %d (attempt %d): training %s from %s, deadline %.0fs",
+            round_idx,
+            attempt,
+            ", ".join(state.sampled),
+            self.global_version[:12],
+            self.fed.round_timeout_s,
+        )
+        return state
+
+    def _collect(self, state: RoundState, stop: threading.Event) -> None:
+        with self._cond:
+            while not stop.is_set():
+                now = self.clock()
+                self._expire_leases(now)
+                if not state.outstanding():
+                    return
+                if now >= state.deadline:
+                    missing = sorted(state.outstanding())
+                    log.warning("round %d: deadline passed without %s", state.round, ", ".join(missing))
+                    state.dropped.update(missing)
+                    return
+                self._cond.wait(POLL_SECONDS)
+
+    def _finish_round(self, state: RoundState, waited: float) -> dict:
+        with self._cond:
+            self._round = None  # late uploads are refused from here on
+        train_s = self.clock() - state.started
+        entry = {
+            "round": state.round,
+            "attempt": state.attempt,
+            "base_version": self.global_version,
+            "hyperparameters": {
+                "lr": self.config.train.lr,
+                "mu": self.fed.round_mu,
+                "local_steps": self.config.train.local_steps,
+            },
+            "participants": {
+                "sampled": state.sampled,
+                "accepted": sorted(state.accepted),
+                "refused": [{"participant": n, "reason": r} for n, r in sorted(state.refused.items())],
+                "dropped": sorted(state.dropped),
+            },
+            "updates": {
+                n: {**h.metrics, "sample_count": h.sample_count, "bytes": h.size}
+                for n, h in sorted(state.accepted.items())
+            },
+            "participant_eval": dict(sorted(state.evaluations.items())),
+            "bytes": {"down": state.bytes_down, "up": state.bytes_up},
+            "seconds": {"wait_participants": waited, "train": train_s},
+        }
+        if not state.accepted or len(state.accepted) < self.fed.min_updates:
+            log.warning(
+                "round %d: %d updates, fewer than federation.min_updates=%d: not aggregated",
+                state.round,
+                len(state.accepted),
+                self.fed.min_updates,
+            )
+            return entry
+        started = self.clock()
+        data = encode_state(state.accumulator.result())
+        version = self.store.save_global(state.round, data)
+        self.set_global(state.round, data, version)
+        entry["version"] = version
+        entry["seconds"]["aggregate"] = self.clock() - started
+        log.info(
+            "round %d: aggregated %d updates (%d samples) -> %s; %.1f MB down, %.1f MB up; "
+            "wait %.1fs, train %.1fs, aggregate %.2fs",
+            state.round,
+            len(state.accepted),
+            sum(h.sample_count for h in state.accepted.values()),
+            version[:12],
+            state.bytes_down / 1e6,
+            state.bytes_up / 1e6,
+            waited,
+            train_s,
+            entry["seconds"]["aggregate"],
+        )
+        return entry

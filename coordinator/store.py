@@ -1,0 +1,109 @@
+"""The federated run's directory: global model per round, spooled updates, resume state.
+
+Layout (beside RunDir's config.toml, metrics.jsonl, tensorboard/, final/):
+    models/round-0003.safetensors       global trainable state after round 3 (round 0: the initial model)
+    state.json                          {"completed_round": 3, "version": sha256, "size": bytes}
+    updates/round-0004/NAME.safetensors an accepted (verified, validated) update of the round in progress
+    updates/round-0004/accepted.jsonl   their headers, one per line, written after the file is in place
+
+Every file is written to a temporary name and renamed, and state.json moves last, so a coordinator killed
+at any instant restarts from a consistent round with every accepted update of the next one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from zk0.codec import sha256_hex, write_atomic
+from zk0.config import Config, config_to_toml
+from zk0.errors import Zk0Error
+from zk0.rundir import CONFIG_FILE, METRICS_FILE, RunDir
+from zk0.validation import UpdateHeader
+
+STATE_FILE = "state.json"
+ACCEPTED_FILE = "accepted.jsonl"
+
+
+class RunStore:
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self.path = run.path
+
+    @classmethod
+    def open(cls, path: Path, config: Config) -> tuple[RunStore, bool]:
+        """Create a run directory, or reopen one this config started (returns resumed=True)."""
+        path = Path(path)
+        if (path / STATE_FILE).exists():
+            stored = (path / CONFIG_FILE).read_text()
+            wanted = config_to_toml(config)
+            if stored != wanted:
+                diff = [
+                    line
+                    for line in difflib.unified_diff(
+                        stored.splitlines(), wanted.splitlines(), lineterm="", n=0
+                    )
+                    if line[:1] in "+-" and not line.startswith(("+++", "---"))
+                ]
+                raise Zk0Error(
+                    f"run directory {path} holds a run with another config ({'; '.join(diff[:6])}); "
+                    "resume with the same config or choose another --run-dir"
+                )
+            return cls(RunDir(path)), True
+        if (path / METRICS_FILE).exists():
+            raise Zk0Error(f"run directory {path} holds a run that is not a federated one; choose another")
+        return cls(RunDir.create(path, config)), False
+
+    def model_path(self, round_idx: int) -> Path:
+        return self.path / "models" / f"round-{round_idx:04d}.safetensors"
+
+    def round_dir(self, round_idx: int) -> Path:
+        return self.path / "updates" / f"round-{round_idx:04d}"
+
+    def update_path(self, round_idx: int, participant: str) -> Path:
+        return self.round_dir(round_idx) / f"{participant}.safetensors"
+
+    def save_global(self, round_idx: int, data: bytes) -> str:
+        """Persist the global model of a completed round, then mark the round completed."""
+        version = sha256_hex(data)
+        write_atomic(self.model_path(round_idx), data)
+        state = {"completed_round": round_idx, "version": version, "size": len(data)}
+        write_atomic(self.path / STATE_FILE, (json.dumps(state) + "\n").encode())
+        return version
+
+    def completed(self) -> tuple[int, str, bytes] | None:
+        """(round, version, bytes) of the last completed round, bytes checked against the recorded hash."""
+        state_path = self.path / STATE_FILE
+        if not state_path.exists():
+            return None
+        state = json.loads(state_path.read_text())
+        round_idx, version = int(state["completed_round"]), state["version"]
+        data = self.model_path(round_idx).read_bytes()
+        if sha256_hex(data) != version:
+            raise Zk0Error(
+                f"{self.model_path(round_idx)} does not match the hash recorded in {STATE_FILE}; "
+                "the run directory is damaged"
+            )
+        return round_idx, version, data
+
+    def record_accepted(self, round_idx: int, header: UpdateHeader) -> None:
+        line = json.dumps({**asdict(header), "metrics": dict(header.metrics)}, sort_keys=True)
+        with (self.round_dir(round_idx) / ACCEPTED_FILE).open("a") as f:
+            f.write(line + "\n")
+
+    def accepted(self, round_idx: int) -> list[tuple[UpdateHeader, Path]]:
+        """The updates already accepted for a round (on resume), each still matching its recorded hash."""
+        listing = self.round_dir(round_idx) / ACCEPTED_FILE
+        if not listing.exists():
+            return []
+        found: dict[str, tuple[UpdateHeader, Path]] = {}
+        for line in listing.read_text().splitlines():
+            if not line.strip():
+                continue
+            header = UpdateHeader(**json.loads(line))
+            path = self.update_path(round_idx, header.participant_id)
+            if path.exists() and sha256_hex(path.read_bytes()) == header.sha256:
+                found[header.participant_id] = (header, path)
+        return list(found.values())

@@ -1,0 +1,362 @@
+"""The participant: joins the coordinator, then loops ask-task / pull model / evaluate / train / upload.
+
+The model and dataset are built once per process (from the run's config, which the coordinator sends at
+join). Every RPC goes through `_call`, which reconnects with backoff while the coordinator is unreachable
+and re-joins when the coordinator no longer knows us (its lease lapsed, or it restarted).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import torch
+from lerobot.datasets.factory import resolve_delta_timestamps
+
+from participant.datamodule import LeRobotDataModule
+from participant.lightning_module import RoundPlan, SmolVLAModule
+from participant.local_training import LocalTrainer
+from zk0.codec import (
+    ChunkAssembler,
+    Manifest,
+    PayloadRejected,
+    decode_state,
+    encode_state,
+    iter_chunks,
+    sha256_hex,
+)
+from zk0.config import Config, load_config_text
+from zk0.errors import Zk0Error
+from zk0.evaluation import evaluate_loss
+from zk0.policy import build_policy, frozen_fingerprint, load_trainable_state, resolve_device, trainable_state
+from zk0.sources import Source, demo_root, open_source, training_split
+from zk0.transport import GRPC_OPTIONS, channel_credentials, is_loopback, token_metadata
+from zk0.v1 import federation_pb2 as pb
+from zk0.v1 import federation_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+DOWNLOAD_ATTEMPTS = 5
+
+
+@dataclass
+class ClientOptions:
+    coordinator: str
+    dataset: str
+    name: str
+    token: str | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    insecure: bool = False
+    device: str = "auto"
+    give_up_s: float = 600.0
+    progress: bool = True
+
+
+class NotRegistered(Exception):
+    """The coordinator does not know us (any more): join again."""
+
+
+class ParticipantRuntime:
+    """Policy, trainer and datasets, built once from the run's config and this participant's dataset."""
+
+    def __init__(self, config: Config, source: Source, device: str, progress: bool) -> None:
+        self.config = config
+        self.source = source
+        torch.manual_seed(config.seed)  # the tiny demo's frozen backbone is this seed's random init
+        self.bundle = build_policy(
+            config.model, source.meta, source.meta.stats, device=device, demo_root=demo_root(config)
+        )
+        delta = resolve_delta_timestamps(self.bundle.policy.config, source.meta)
+        train, self.heldout = training_split(
+            source, heldout=config.data.heldout_episodes, delta_timestamps=delta
+        )
+        module = SmolVLAModule(self.bundle, config.train, source=source.spec)
+        datamodule = LeRobotDataModule(
+            train, batch_size=config.train.batch_size, num_workers=config.data.num_workers
+        )
+        self.trainer = LocalTrainer(
+            module, datamodule, device=device, precision=config.train.precision, progress=progress
+        )
+        self.fingerprint = frozen_fingerprint(self.bundle.policy)
+
+    def evaluate(self) -> dict[str, float] | None:
+        if self.heldout is None:
+            return None
+        cfg = self.config.eval
+        return evaluate_loss(
+            self.bundle, self.heldout, batch_size=cfg.batch_size, max_batches=cfg.batches, seed=cfg.seed
+        )
+
+
+def participant_name(spec: str) -> str:
+    """A default name from a dataset spec: demo:p0 -> p0, owner/name -> name, /data/run-3 -> run-3."""
+    tail = spec.removeprefix("demo:").rstrip("/").rsplit("/", 1)[-1]
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", tail).strip("-._")[:64]
+    return cleaned or "participant"
+
+
+def describe(source: Source | None, spec: str) -> pb.DatasetDescription:
+    """Features, episodes and frames of the dataset: its shape, never its data."""
+    if source is None:
+        return pb.DatasetDescription(repo_id=spec)
+    meta = source.meta
+    return pb.DatasetDescription(
+        repo_id=source.ref.repo_id,
+        features=[
+            pb.FeatureSpec(name=k, dtype=str(v["dtype"]), shape=list(v["shape"]))
+            for k, v in meta.features.items()
+        ],
+        episodes=meta.total_episodes,
+        frames=meta.total_frames,
+        fps=float(meta.fps),
+    )
+
+
+class ParticipantClient:
+    def __init__(self, options: ClientOptions, *, train_lock: threading.Lock | None = None) -> None:
+        self.options = options
+        self.train_lock = train_lock
+        self.metadata = token_metadata(options.token)
+        self.channel = self._channel()
+        self.stub = pb_grpc.FederationStub(self.channel)
+        self.runtime: ParticipantRuntime | None = None
+        self.lease_s = 10.0
+        self.stopped = threading.Event()
+        self.need_join = threading.Event()
+        self.rounds_done = 0
+
+    def _channel(self) -> grpc.Channel:
+        o = self.options
+        host = o.coordinator.rsplit(":", 1)[0]
+        if o.insecure:
+            if not is_loopback(host):
+                raise Zk0Error(f"--insecure only reaches a loopback coordinator, not {host}; use TLS")
+            return grpc.insecure_channel(o.coordinator, options=GRPC_OPTIONS)
+        creds = channel_credentials(o.tls_ca, o.tls_cert, o.tls_key)
+        return grpc.secure_channel(o.coordinator, creds, options=GRPC_OPTIONS)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _call(self, fn: Callable[[], Any], what: str) -> Any:
+        """Run one RPC, retrying with backoff while the coordinator is unreachable."""
+        delay, started = 0.5, time.monotonic()
+        while True:
+            try:
+                return fn()
+            except grpc.RpcError as e:
+                code = e.code()
+                if code in RETRYABLE and not self.stopped.is_set():
+                    waited = time.monotonic() - started
+                    if waited > self.options.give_up_s:
+                        raise Zk0Error(
+                            f"coordinator {self.options.coordinator} unreachable for {waited:.0f}s ({what})"
+                        ) from e
+                    log.warning("%s: coordinator unreachable (%s); retrying in %.1fs", what, code.name, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                if code == grpc.StatusCode.FAILED_PRECONDITION:
+                    raise NotRegistered(e.details()) from e
+                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    raise Zk0Error(f"coordinator refused us: {e.details()}") from e
+                raise Zk0Error(f"{what} failed: {code.name}: {e.details()}") from e
+
+    def _heartbeats(self) -> None:
+        while not self.stopped.wait(self.lease_s / 3):
+            try:
+                reply = self.stub.Heartbeat(
+                    pb.HeartbeatRequest(participant_id=self.options.name), metadata=self.metadata, timeout=10
+                )
+            except grpc.RpcError as e:
+                log.debug("heartbeat failed: %s", e.code().name)
+                continue
+            if not reply.registered and reply.run_active:
+                self.need_join.set()
+
+    # ------------------------------------------------------------------ the protocol
+
+    def join(self) -> None:
+        o = self.options
+        source = self.runtime.source if self.runtime else None
+        reply = self._call(
+            lambda: self.stub.Join(
+                pb.JoinRequest(participant_name=o.name, dataset=describe(source, o.dataset)),
+                metadata=self.metadata,
+                timeout=30,
+            ),
+            "join",
+        )
+        self.lease_s = reply.lease_seconds
+        if self.runtime is None:
+            config = load_config_text(reply.config_toml, f"the config sent by {o.coordinator}")
+            source = open_source(o.dataset, config)
+            device = resolve_device(o.device)
+            log.info("%s: building the policy and datasets for %s on %s", o.name, o.dataset, device)
+            with self.train_lock or nullcontext():  # one device, and one global RNG seeding the backbone
+                self.runtime = ParticipantRuntime(config, source, device, o.progress)
+            if self.runtime.fingerprint != reply.frozen_sha256:
+                raise Zk0Error(
+                    "this participant's frozen backbone differs from the coordinator's (fingerprint "
+                    f"{self.runtime.fingerprint[:12]} != {reply.frozen_sha256[:12]}): same model.source, "
+                    "lerobot and torch versions are required"
+                )
+            self.join()  # now with the dataset's full description
+            return
+        self.need_join.clear()
+        log.info("%s joined run %s (lease %.0fs)", o.name, reply.run_id, self.lease_s)
+
+    def run(self) -> int:
+        """Take part until the coordinator says the run is done; returns the number of rounds trained."""
+        self.join()
+        beat = threading.Thread(
+            target=self._heartbeats, name=f"zk0-heartbeat-{self.options.name}", daemon=True
+        )
+        beat.start()
+        try:
+            while True:
+                if self.need_join.is_set():
+                    self.join()
+                try:
+                    reply = self._call(
+                        lambda: self.stub.GetTask(
+                            pb.GetTaskRequest(participant_id=self.options.name),
+                            metadata=self.metadata,
+                            timeout=30,
+                        ),
+                        "get task",
+                    )
+                except NotRegistered:
+                    self.join()
+                    continue
+                kind = reply.WhichOneof("task")
+                if kind == "done":
+                    log.info(
+                        "%s: run finished (%s) after %d rounds",
+                        self.options.name,
+                        reply.done.reason,
+                        self.rounds_done,
+                    )
+                    return self.rounds_done
+                if kind == "wait":
+                    time.sleep(reply.wait.seconds)
+                    continue
+                try:
+                    self.train_round(reply.train)
+                except NotRegistered:
+                    self.join()
+        finally:
+            self.stopped.set()
+            self.channel.close()
+
+    def download(self, task: pb.TrainTask) -> bytes:
+        """Pull the round's model, resuming from the last byte received; a corrupt model is refused."""
+        expected_max = task.model_size
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+            assembler = ChunkAssembler(task.model_size, task.model_version, expected_max)
+            try:
+                self._stream_into(assembler, task)
+                return assembler.finish()
+            except PayloadRejected as e:
+                log.error(
+                    "%s: refusing model %s: %s (attempt %d)",
+                    self.options.name,
+                    task.model_version[:12],
+                    e.reason,
+                    attempt,
+                )
+        raise Zk0Error(f"model {task.model_version[:12]} arrived corrupt {DOWNLOAD_ATTEMPTS} times")
+
+    def _stream_into(self, assembler: ChunkAssembler, task: pb.TrainTask) -> None:
+        delay = 0.5
+        while True:
+            request = pb.DownloadModelRequest(
+                participant_id=self.options.name, version=task.model_version, offset=assembler.received
+            )
+            try:
+                for message in self.stub.DownloadModel(request, metadata=self.metadata, timeout=600):
+                    if message.HasField("info"):
+                        if message.info.size != task.model_size or message.info.version != task.model_version:
+                            raise PayloadRejected("model info does not match the task")
+                    else:
+                        assembler.add(message.chunk.offset, message.chunk.data)
+                return
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    raise NotRegistered(e.details()) from e
+                if e.code() not in RETRYABLE:
+                    raise Zk0Error(f"download failed: {e.code().name}: {e.details()}") from e
+                log.warning(
+                    "download interrupted at byte %d (%s); resuming", assembler.received, e.code().name
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def train_round(self, task: pb.TrainTask) -> None:
+        runtime = self.runtime
+        name = self.options.name
+        data = self.download(task)
+        state = decode_state(data)
+        if Manifest.of(state) != Manifest.from_proto(task.manifest):
+            raise Zk0Error(f"model {task.model_version[:12]} does not match its manifest")
+        hp = task.hyperparameters
+        with self.train_lock or nullcontext():
+            load_trainable_state(runtime.bundle.policy, state)
+            local_eval = runtime.evaluate()
+            if local_eval is not None:
+                self._call(
+                    lambda: self.stub.ReportEvaluation(
+                        pb.ReportEvaluationRequest(
+                            participant_id=name,
+                            round=task.round,
+                            version=task.model_version,
+                            sample_count=int(local_eval["samples"]),
+                            metrics=local_eval,
+                        ),
+                        metadata=self.metadata,
+                        timeout=30,
+                    ),
+                    "report evaluation",
+                )
+            log.info("%s: round %d, %d steps at lr %g, mu %g", name, task.round, hp.local_steps, hp.lr, hp.mu)
+            result = runtime.trainer.train_round(
+                RoundPlan(lr=hp.lr, mu=hp.mu, steps=hp.local_steps), seed=hp.seed
+            )
+            payload = encode_state(trainable_state(runtime.bundle.policy))
+        metrics = result.as_dict()
+        header = pb.UpdateHeader(
+            participant_id=name,
+            round=task.round,
+            base_version=task.model_version,
+            sample_count=result.samples,
+            metrics=metrics,
+            size=len(payload),
+            sha256=sha256_hex(payload),
+        )
+        reply = self._call(
+            lambda: self.stub.UploadUpdate(
+                self._upload_messages(header, payload), metadata=self.metadata, timeout=600
+            ),
+            "upload",
+        )
+        if reply.accepted:
+            self.rounds_done += 1
+            log.info("%s: round %d update accepted (loss %.4f)", name, task.round, result.policy_loss)
+        else:
+            log.warning("%s: round %d update refused: %s", name, task.round, reply.reason)
+
+    def _upload_messages(self, header: pb.UpdateHeader, payload: bytes) -> Iterator[pb.UploadUpdateRequest]:
+        yield pb.UploadUpdateRequest(header=header)
+        chunk_bytes = self.runtime.config.federation.chunk_kib * 1024
+        for offset, view in iter_chunks(payload, chunk_bytes):
+            yield pb.UploadUpdateRequest(chunk=pb.Chunk(offset=offset, data=bytes(view)))
