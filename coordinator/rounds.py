@@ -62,7 +62,6 @@ class RoundState:
     sampled: list[str]
     deadline: float
     started: float
-    accumulator: FedAvgAccumulator
     accepted: dict[str, UpdateHeader] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
     dropped: set[str] = field(default_factory=set)
@@ -267,7 +266,6 @@ class Coordinator:
             if self._round is not state or name not in state.outstanding():
                 path.unlink(missing_ok=True)
                 raise UpdateRejected(Refusal.WRONG_ROUND, f"round {header.round} ended while the upload ran")
-        state.accumulator.add(path, float(header.sample_count))
         self.store.record_accepted(header.round, header)
         with self._cond:
             state.accepted[name] = header
@@ -367,11 +365,9 @@ class Coordinator:
             now = self.clock()
             live = sorted(n for n, m in self._members.items() if m.lease_until > now)
             resumed = self.store.accepted(round_idx) if attempt == 1 else []
-            accumulator = FedAvgAccumulator(self.manifest)
-            state = RoundState(round_idx, attempt, [], now + self.fed.round_timeout_s, now, accumulator)
-            for header, path in resumed:
+            state = RoundState(round_idx, attempt, [], now + self.fed.round_timeout_s, now)
+            for header, _ in resumed:
                 if header.base_version == self.global_version:
-                    accumulator.add(path, float(header.sample_count))
                     state.accepted[header.participant_id] = header
             candidates = [n for n in live if n not in state.accepted]
             k = max(self.fed.min_updates - len(state.accepted), math.ceil(self.fed.fraction * len(live)))
@@ -405,6 +401,15 @@ class Coordinator:
                     state.dropped.update(missing)
                     return
                 self._cond.wait(POLL_SECONDS)
+
+    def _aggregate(self, state: RoundState) -> dict:
+        """FedAvg of the spooled updates, folded one tensor at a time in participant-name order, so the
+        global model's bytes do not depend on the order updates happened to arrive in."""
+        accumulator = FedAvgAccumulator(self.manifest)
+        for name in sorted(state.accepted):
+            header = state.accepted[name]
+            accumulator.add(self.store.update_path(state.round, name), float(header.sample_count))
+        return accumulator.result()
 
     def _finish_round(self, state: RoundState, waited: float) -> dict:
         with self._cond:
@@ -442,7 +447,7 @@ class Coordinator:
             )
             return entry
         started = self.clock()
-        data = encode_state(state.accumulator.result())
+        data = encode_state(self._aggregate(state))
         version = self.store.save_global(state.round, data)
         self.set_global(state.round, data, version)
         entry["version"] = version
