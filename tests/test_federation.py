@@ -1,0 +1,210 @@
+"""Federation end to end over real gRPC on loopback; real processes where the point is a crash."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from coordinator.server import CoordinatorServer, ServerOptions
+from participant.client import ClientOptions, ParticipantClient
+from zk0.cli import simulate
+from zk0.codec import decode_state, sha256_hex
+from zk0.config import config_to_toml, load_config
+
+ROOT = Path(__file__).parent.parent
+BIN = Path(sys.executable).parent
+
+
+def small_config(demo_root: Path, *overrides: str):
+    return load_config(
+        ROOT / "configs" / "demo.toml",
+        [
+            f'demo.root="{demo_root}"',
+            "demo.episodes=3",
+            "demo.frames_per_episode=30",
+            "train.device=cpu",
+            "train.local_steps=3",
+            "eval.batches=2",
+            "federation.lease_s=3",
+            "federation.round_timeout_s=90",
+            "federation.join_timeout_s=120",
+            *overrides,
+        ],
+    )
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_simulated_round_is_the_sample_weighted_mean_of_its_spooled_updates(demo_root, tmp_path):
+    config = small_config(demo_root, "federation.rounds=2")
+    run = tmp_path / "run"
+    history = simulate(config, run, device="cpu", progress=False)
+
+    assert [e["round"] for e in history] == [0, 1, 2]
+    entry = history[2]
+    assert entry["participants"]["accepted"] == ["p0", "p1", "p2"]
+    round_dir = run / "updates" / "round-0002"
+    counts = {}
+    for line in (round_dir / "accepted.jsonl").read_text().splitlines():
+        header = json.loads(line)
+        counts[header["participant_id"]] = header["sample_count"]
+    assert sorted(counts) == ["p0", "p1", "p2"]
+    updates = {name: decode_state((round_dir / f"{name}.safetensors").read_bytes()) for name in counts}
+    global_bytes = (run / "models" / "round-0002.safetensors").read_bytes()
+    assert sha256_hex(global_bytes) == entry["version"]
+    global_state = decode_state(global_bytes)
+    total = float(sum(counts.values()))
+    for tensor_name, value in global_state.items():
+        acc = torch.zeros(value.shape, dtype=torch.float32)
+        for name in sorted(updates):
+            acc.add_(updates[name][tensor_name].float(), alpha=float(counts[name]))
+        assert torch.equal(value, (acc / total).to(value.dtype)), tensor_name
+    # the participants trained from the round-1 model and reported their held-out loss on it
+    assert entry["base_version"] == history[1]["version"]
+    assert set(entry["participant_eval"]) == {"p0", "p1", "p2"}
+    assert (run / "final" / "model.safetensors").exists()
+
+
+def start_participant_process(port: int, spec: str, demo_root: Path, log_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [str(BIN / "zk0-participant"), "--coordinator", f"127.0.0.1:{port}", "--dataset", spec]
+        + ["--insecure", "--device", "cpu", "--no-progress", "--give-up-after", "60"],
+        env=env,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def client_thread(port: int, spec: str, lock: threading.Lock, errors: list) -> threading.Thread:
+    options = ClientOptions(
+        coordinator=f"127.0.0.1:{port}",
+        dataset=spec,
+        name=spec.removeprefix("demo:"),
+        insecure=True,
+        device="cpu",
+        progress=False,
+        give_up_s=90,
+    )
+
+    def run() -> None:
+        try:
+            ParticipantClient(options, train_lock=lock).run()
+        except Exception as e:  # noqa: BLE001 - surfaced by the test's assertion on `errors`
+            errors.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_killed_participant_is_dropped_and_the_round_completes_before_its_deadline(demo_root, tmp_path):
+    config = small_config(
+        demo_root, "federation.rounds=1", "federation.min_updates=2", "train.local_steps=40"
+    )
+    server = CoordinatorServer(config, tmp_path / "run", ServerOptions(insecure=True, device="cpu"))
+    port = server.start()
+    victim_log = tmp_path / "victim.log"
+    victim = start_participant_process(port, "demo:p2", demo_root, victim_log)
+    lock, errors = threading.Lock(), []
+    threads = [client_thread(port, spec, lock, errors) for spec in ("demo:p0", "demo:p1")]
+    try:
+        wait_for(lambda: "p2: round 1," in victim_log.read_text(), 180, "the victim to start training")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        server.wait(timeout=120)
+    finally:
+        victim.kill()
+        server.stop_event.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not errors
+    (entry,) = [e for e in metrics(tmp_path / "run") if e["round"] == 1]
+    assert entry["participants"]["accepted"] == ["p0", "p1"]
+    assert entry["participants"]["dropped"] == ["p2"]
+    assert entry["seconds"]["train"] < config.federation.round_timeout_s / 2
+    assert "version" in entry
+
+
+def test_killed_coordinator_resumes_from_the_saved_model_and_finishes(demo_root, tmp_path):
+    config = small_config(
+        demo_root,
+        "federation.rounds=3",
+        "federation.min_participants=2",
+        "federation.min_updates=2",
+        'data.participants=["demo:p0", "demo:p1"]',
+    )
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(config_to_toml(config))
+    run = tmp_path / "run"
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    command = [str(BIN / "zk0-coordinator"), "serve", "--config", str(config_path), "--run-dir", str(run)]
+    command += ["--port", str(port), "--insecure", "--device", "cpu"]
+
+    first_log = tmp_path / "first.log"
+    first = subprocess.Popen(command, env=env, stdout=first_log.open("w"), stderr=subprocess.STDOUT)
+    lock, errors = threading.Lock(), []
+    threads = [client_thread(port, spec, lock, errors) for spec in ("demo:p0", "demo:p1")]
+    state_file = run / "state.json"
+    try:
+        wait_for(
+            lambda: state_file.exists() and json.loads(state_file.read_text())["completed_round"] >= 1,
+            240,
+            "round 1 to complete",
+        )
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        saved = json.loads(state_file.read_text())
+        saved_bytes = (run / "models" / f"round-{saved['completed_round']:04d}.safetensors").read_bytes()
+        assert sha256_hex(saved_bytes) == saved["version"]
+
+        second_log = tmp_path / "second.log"
+        second = subprocess.run(
+            command, env=env, stdout=second_log.open("w"), stderr=subprocess.STDOUT, timeout=400
+        )
+    finally:
+        first.kill()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert second.returncode == 0, second_log.read_text()[-3000:]
+    assert not errors
+    log = second_log.read_text()
+    assert f"after round {saved['completed_round']} (global model {saved['version'][:12]})" in log
+    entries = metrics(run)
+    resumed = [e for e in entries if e["round"] == saved["completed_round"] + 1]
+    assert resumed and resumed[-1]["base_version"] == saved["version"]
+    assert max(e["round"] for e in entries) == 3
+    assert json.loads(state_file.read_text())["completed_round"] == 3
+    assert (run / "final" / "model.safetensors").exists()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("flag", ["--help"])
+def test_console_scripts_exist(flag):
+    for script in ("zk0-coordinator", "zk0-participant"):
+        assert subprocess.run([str(BIN / script), flag], capture_output=True).returncode == 0
