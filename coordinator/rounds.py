@@ -129,19 +129,19 @@ class Coordinator:
             )
         with self._cond:
             now = self.clock()
-            current = self._members.get(name)
-            if current is not None and current.lease_until > now:
-                log.info("participant %s joined again (replacing its live session)", name)
             member = Member(name, dataset, now + self.fed.lease_s)
             self._members[name] = member
-            log.info(
-                "participant %s joined: %s, %s episodes, %s frames (%d live)",
-                name,
-                dataset.get("repo_id", "?"),
-                dataset.get("episodes", "?"),
-                dataset.get("frames", "?"),
-                self._live_count(now),
-            )
+            if dataset.get("features"):
+                log.info(
+                    "participant %s joined with %s: %s episodes, %s frames (%d live)",
+                    name,
+                    dataset["repo_id"],
+                    dataset["episodes"],
+                    dataset["frames"],
+                    self._live_count(now),
+                )
+            else:
+                log.info("participant %s connected; it is loading %s", name, dataset.get("repo_id", "?"))
             self._cond.notify_all()
             return member
 
