@@ -20,7 +20,7 @@ from zk0.codec import Manifest, encode_state
 from zk0.config import Config, config_to_toml
 from zk0.data import open_dataset
 from zk0.errors import Zk0Error
-from zk0.evaluation import evaluate_loss
+from zk0.evaluation import describe_eval, evaluate_all
 from zk0.policy import (
     build_policy,
     export_pretrained,
@@ -87,7 +87,7 @@ class CoordinatorServer:
         )
         delta = resolve_delta_timestamps(self.bundle.policy.config, first)
         self.eval_sets = {
-            f"eval:{s.name}": open_dataset(s.ref, episodes=None, delta_timestamps=delta) for s in eval_sources
+            s.name: open_dataset(s.ref, episodes=None, delta_timestamps=delta) for s in eval_sources
         }
         initial = trainable_state(self.bundle.policy)
         self.coordinator = Coordinator(config, self.store, Manifest.of(initial))
@@ -109,21 +109,11 @@ class CoordinatorServer:
             frozen_sha256=frozen_fingerprint(self.bundle.policy),
         )
 
-    def evaluate(self) -> dict[str, float]:
-        cfg = self.config.eval
-        return {
-            name: evaluate_loss(
-                self.bundle, dataset, batch_size=cfg.batch_size, max_batches=cfg.batches, seed=cfg.seed
-            )["loss"]
-            for name, dataset in self.eval_sets.items()
-        }
-
     def _record(self, round_idx: int, entry: dict) -> None:
-        entry["eval"] = self.evaluate()
+        if self.config.eval.due(round_idx, self.config.federation.rounds):
+            entry["eval"] = evaluate_all(self.bundle, self.eval_sets, self.config.eval)
+            log.info("round %d: %s", round_idx, describe_eval(entry))
         self.store.run.record(entry, step=round_idx)
-        log.info(
-            "round %d: evaluation %s", round_idx, ", ".join(f"{k}={v:.4f}" for k, v in entry["eval"].items())
-        )
 
     def _on_round(self, round_idx: int, state: RoundState, entry: dict) -> None:
         load_trainable_state(self.bundle.policy, self.coordinator.global_state())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from lerobot.datasets.compute_stats import aggregate_stats
 from lerobot.datasets.factory import resolve_delta_timestamps
 from torch.utils.data import ConcatDataset
@@ -18,7 +19,7 @@ from participant.lightning_module import RoundPlan, SmolVLAModule
 from participant.local_training import LocalTrainer
 from zk0.config import Config
 from zk0.data import open_dataset
-from zk0.evaluation import evaluate_loss
+from zk0.evaluation import describe_eval, evaluate_all
 from zk0.policy import build_policy, export_pretrained, resolve_device
 from zk0.rundir import RunDir
 from zk0.sources import check_same_layout, demo_root, open_source, training_split
@@ -35,17 +36,17 @@ def run_centralized(config: Config, run_dir: Path, *, progress: bool = True) -> 
     run = RunDir.create(run_dir, config)
 
     stats = aggregate_stats([s.meta.stats for s in sources])
+    torch.manual_seed(config.seed)  # the same initial model as a federated run of this config
     bundle = build_policy(config.model, sources[0].meta, stats, device=device, demo_root=demo_root(config))
     delta = resolve_delta_timestamps(bundle.policy.config, sources[0].meta)
 
-    train_sets, eval_sets = [], {}
+    train_sets, heldout_sets = [], {}
     for source in sources:
         train, held = training_split(source, heldout=config.data.heldout_episodes, delta_timestamps=delta)
         train_sets.append(train)
         if held is not None:
-            eval_sets[f"heldout:{source.name}"] = held
-    for source in eval_sources:
-        eval_sets[f"eval:{source.name}"] = open_dataset(source.ref, episodes=None, delta_timestamps=delta)
+            heldout_sets[source.name] = held
+    eval_sets = {s.name: open_dataset(s.ref, episodes=None, delta_timestamps=delta) for s in eval_sources}
 
     datamodule = LeRobotDataModule(
         ConcatDataset(train_sets), batch_size=config.train.batch_size, num_workers=config.data.num_workers
@@ -65,47 +66,29 @@ def run_centralized(config: Config, run_dir: Path, *, progress: bool = True) -> 
         trainer.precision,
     )
 
-    def evaluate() -> dict[str, float]:
-        return {
-            name: evaluate_loss(
-                bundle,
-                dataset,
-                batch_size=config.eval.batch_size,
-                max_batches=config.eval.batches,
-                seed=config.eval.seed,
-                num_workers=config.data.num_workers,
-            )["loss"]
-            for name, dataset in eval_sets.items()
-        }
+    def evaluated(entry: dict) -> dict:
+        if config.eval.due(entry["round"], config.federation.rounds):
+            workers = config.data.num_workers
+            entry["eval"] = evaluate_all(bundle, eval_sets, config.eval, num_workers=workers)
+            if heldout_sets:
+                entry["heldout"] = evaluate_all(bundle, heldout_sets, config.eval, num_workers=workers)
+            log.info("round %d: %s", entry["round"], describe_eval(entry))
+        return entry
 
     history = []
-    entry = {"round": 0, "steps": 0, "eval": evaluate()}
+    entry = evaluated({"round": 0, "steps": 0})
     run.record(entry, step=0)
     history.append(entry)
-    log.info("round 0: eval %s", _fmt(entry["eval"]))
     for round_idx in range(1, config.federation.rounds + 1):
         plan = RoundPlan(lr=config.train.lr, mu=0.0, steps=steps_per_round)
         result = trainer.train_round(plan, seed=config.seed + round_idx)
-        entry = {
-            "round": round_idx,
-            "steps": round_idx * steps_per_round,
-            "train": result.as_dict(),
-            "eval": evaluate(),
-        }
+        log.info("round %d: train loss %.4f (%.1fs)", round_idx, result.policy_loss, result.seconds)
+        entry = evaluated(
+            {"round": round_idx, "steps": round_idx * steps_per_round, "train": result.as_dict()}
+        )
         run.record(entry, step=round_idx)
         history.append(entry)
-        log.info(
-            "round %d: train loss %.4f (%.1fs), eval %s",
-            round_idx,
-            result.policy_loss,
-            result.seconds,
-            _fmt(entry["eval"]),
-        )
     export_pretrained(bundle, run.final_dir)
     run.close()
     log.info("wrote %s and %s", run.final_dir, run.metrics_path)
     return history
-
-
-def _fmt(values: dict[str, float]) -> str:
-    return ", ".join(f"{k}={v:.4f}" for k, v in values.items())

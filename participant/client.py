@@ -35,7 +35,7 @@ from zk0.codec import (
 )
 from zk0.config import Config, load_config_text
 from zk0.errors import Zk0Error
-from zk0.evaluation import evaluate_loss
+from zk0.evaluation import evaluate
 from zk0.policy import build_policy, frozen_fingerprint, load_trainable_state, resolve_device, trainable_state
 from zk0.sources import Source, demo_root, open_source, training_split
 from zk0.transport import GRPC_OPTIONS, channel_credentials, is_loopback, token_metadata
@@ -94,8 +94,13 @@ class ParticipantRuntime:
         if self.heldout is None:
             return None
         cfg = self.config.eval
-        return evaluate_loss(
-            self.bundle, self.heldout, batch_size=cfg.batch_size, max_batches=cfg.batches, seed=cfg.seed
+        return evaluate(
+            self.bundle,
+            self.heldout,
+            batch_size=cfg.batch_size,
+            max_batches=cfg.batches,
+            seed=cfg.seed,
+            action_error=cfg.action_error,
         )
 
 

@@ -62,13 +62,15 @@ def test_centralized_demo_end_to_end(tmp_path):
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [entry["round"] for entry in lines] == [0, 1, 2]
     assert lines[-1]["steps"] == 2 * 3 * 10
-    first, last = lines[0]["eval"], lines[-1]["eval"]
-    assert set(first) == {"heldout:p0", "heldout:p1", "heldout:p2", "eval:eval"}
-    for name in first:
-        assert last[name] < first[name], name
+    for key, names in (("eval", {"eval"}), ("heldout", {"p0", "p1", "p2"})):
+        first, last = lines[0][key], lines[-1][key]
+        assert set(first["datasets"]) == names
+        for name in names:
+            assert last["datasets"][name]["loss"] < first["datasets"][name]["loss"], (key, name)
+        assert last["composite"]["action_mae"] < first["composite"]["action_mae"], key
     assert load_config(run / "config.toml").train.local_steps == 10
     assert any((run / "tensorboard").iterdir())
-    assert "held-out loss, round 0 -> round 2" in result.stdout
+    assert "global model on the held-out evaluation data" in result.stdout
     bundle = load_exported(run / "final")
     assert bundle.policy.config.chunk_size == 10
 

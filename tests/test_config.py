@@ -103,3 +103,90 @@ def test_missing_file_and_bad_toml(tmp_path):
     bad.write_text("[train\n")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(bad)
+
+
+def test_adaptive_rules_are_off_by_default_and_the_shipped_configs_list_every_key():
+    import dataclasses
+    import tomllib
+
+    from zk0.config import AdaptiveConfig
+
+    defaults = AdaptiveConfig()
+    assert not (defaults.mu_dynamic or defaults.lr_adjust or defaults.lr_boost or defaults.spike_guard)
+    assert not defaults.spike_rollback
+    keys = [f.name for f in dataclasses.fields(AdaptiveConfig)]
+    for name in ("demo.toml", "so100.toml"):
+        section = tomllib.loads((CONFIGS / name).read_text())["adaptive"]
+        assert list(section) == keys, name
+        assert load_config(CONFIGS / name).adaptive == defaults, name
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("adaptive.mu_dynamic=1", r"adaptive\.mu_dynamic: expected true or false"),
+        ("adaptive.mu_spread_threshold=0", r"adaptive\.mu_spread_threshold: must be > 0"),
+        ("adaptive.mu_factor=1", r"adaptive\.mu_factor: 1\.0 must be > 1"),
+        ("adaptive.mu_min=0", r"adaptive\.mu_min: must be > 0"),
+        ("adaptive.mu_max=0.0001", r"adaptive\.mu_max: 0\.0001 is below adaptive\.mu_min"),
+        ("adaptive.mu_calm_rounds=0", r"adaptive\.mu_calm_rounds: must be > 0"),
+        ("adaptive.mu_decay=1.5", r"adaptive\.mu_decay: 1\.5 must be in \(0, 1\]"),
+        ("adaptive.mu_decay=0", r"adaptive\.mu_decay: 0\.0 must be in \(0, 1\]"),
+        ("adaptive.lr_window=1", r"adaptive\.lr_window: 1 must be >= 2"),
+        ("adaptive.lr_stall_tolerance=-0.1", r"adaptive\.lr_stall_tolerance: must be >= 0"),
+        ("adaptive.lr_stall_factor=1", r"adaptive\.lr_stall_factor: 1\.0 must be in \(0, 1\)"),
+        ("adaptive.lr_diverge_tolerance=-1", r"adaptive\.lr_diverge_tolerance: must be >= 0"),
+        ("adaptive.lr_diverge_factor=0", r"adaptive\.lr_diverge_factor: 0\.0 must be in \(0, 1\)"),
+        ("adaptive.lr_min=0", r"adaptive\.lr_min: must be > 0"),
+        ("adaptive.lr_max=1e-7", r"adaptive\.lr_max: 1e-07 is below adaptive\.lr_min"),
+        ("adaptive.boost_k=0.5", r"adaptive\.boost_k: 0\.5 must be >= 1"),
+        ("adaptive.boost_factor=1", r"adaptive\.boost_factor: 1\.0 must be > 1"),
+        ("adaptive.spike_threshold=0", r"adaptive\.spike_threshold: must be > 0"),
+        ("adaptive.spike_window=0", r"adaptive\.spike_window: must be > 0"),
+        ("adaptive.spike_rollback=yes", r"adaptive\.spike_rollback: expected true or false"),
+        ("adaptive.mu_dynamics=true", r"adaptive\.mu_dynamics: unknown key"),
+    ],
+)
+def test_bad_adaptive_values_are_refused_with_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(CONFIGS / "demo.toml", [override])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["adaptive.mu_dynamic=true", "federation.strategy=fedavg"],
+            r"adaptive\.mu_dynamic: needs .*fedprox",
+        ),
+        (
+            ["adaptive.mu_dynamic=true", "adaptive.mu_min=0.05"],
+            r"adaptive\.mu_min: 0\.05 exceeds federation\.mu",
+        ),
+        (["adaptive.mu_dynamic=true", "adaptive.mu_max=0.005", "adaptive.mu_min=0.001"], r"adaptive\.mu_max"),
+        (["adaptive.lr_adjust=true", "adaptive.lr_min=0.01"], r"adaptive\.lr_min: 0\.01 exceeds train\.lr"),
+        (["adaptive.lr_boost=true", "adaptive.lr_max=1e-4"], r"adaptive\.lr_max: 0\.0001 is below train\.lr"),
+    ],
+)
+def test_adaptive_clamps_must_contain_the_starting_values_of_the_rules_that_are_on(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(CONFIGS / "demo.toml", overrides)
+    # the same clamps are accepted while the rule is off
+    off = [o for o in overrides if not o.endswith("=true")]
+    load_config(CONFIGS / "demo.toml", off)
+
+
+def test_adaptive_settings_round_trip_through_the_snapshot(tmp_path):
+    config = load_config(
+        CONFIGS / "demo.toml",
+        [
+            "adaptive.mu_dynamic=true",
+            "adaptive.lr_adjust=true",
+            "adaptive.spike_rollback=true",
+            "adaptive.lr_max=1",
+        ],
+    )
+    assert config.adaptive.lr_max == 1.0 and config.adaptive.mu_dynamic
+    path = tmp_path / "snap.toml"
+    path.write_text(config_to_toml(config))
+    assert load_config(path) == config

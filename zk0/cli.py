@@ -58,10 +58,7 @@ def cmd_centralized(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     run_dir = args.run_dir or default_run_dir("centralized")
     history = run_centralized(config, run_dir, progress=not args.no_progress)
-    first, last = history[0]["eval"], history[-1]["eval"]
-    print(f"\nheld-out loss, round 0 -> round {history[-1]['round']}:")
-    for name in first:
-        print(f"  {name:<24} {first[name]:.4f} -> {last[name]:.4f}")
+    print_eval_table(history)
     print(f"run directory: {run_dir}")
     return 0
 
@@ -129,12 +126,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def print_eval_table(history: list[dict]) -> None:
+    """Round by round: the composite held-out loss and action error, and each dataset's loss."""
     evaluated = [e for e in history if "eval" in e]
-    names = list(evaluated[0]["eval"])
-    print("\nheld-out loss of the global model per round:")
-    print("  round  " + "  ".join(f"{n:>14}" for n in names))
+    names = list(evaluated[0]["eval"]["datasets"])
+    print("\nglobal model on the held-out evaluation data:")
+    print(f"  {'round':>5}  {'loss':>9}  {'action MAE':>10}  " + "  ".join(f"{n:>12}" for n in names))
     for entry in evaluated:
-        print(f"  {entry['round']:>5}  " + "  ".join(f"{entry['eval'][n]:>14.4f}" for n in names))
+        ev = entry["eval"]
+        mae = ev["composite"].get("action_mae", float("nan"))
+        per = "  ".join(f"{ev['datasets'][n]['loss']:>12.4f}" for n in names)
+        print(f"  {entry['round']:>5}  {ev['composite']['loss']:>9.4f}  {mae:>10.4f}  {per}")
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:

@@ -166,10 +166,107 @@ class EvalConfig:
     # 0 evaluates the whole held-out data; N caps it at N batches.
     batches: int = 0
     seed: int = 1234
+    # The global model is evaluated at round 0, every `every` rounds, and at the last round.
+    every: int = 1
+    # Also predict action chunks and report their mean absolute error (slower: num_steps denoising passes).
+    action_error: bool = True
 
     def check(self) -> None:
         _positive("eval.batch_size", self.batch_size)
         _non_negative("eval.batches", self.batches)
+        _positive("eval.every", self.every)
+
+    def due(self, round_idx: int, last_round: int) -> bool:
+        return round_idx == 0 or round_idx == last_round or round_idx % self.every == 0
+
+
+@dataclass
+class AdaptiveConfig:
+    """Adaptive hyperparameters (coordinator/adaptive.py): each rule is off unless its switch is true.
+
+    Every rule reads the run's history only (mu, lr, participant training losses and composite evaluation
+    loss per round), so a resumed coordinator replays it to the same values. A value exactly at a threshold
+    never fires a rule.
+    """
+
+    # Dynamic mu: raise mu (x mu_factor, up to mu_max) when the population std of the participants' training
+    # losses in a round exceeds mu_spread_threshold; divide it by mu_factor (down to mu_min) each time the
+    # spread has stayed below the threshold for mu_calm_rounds consecutive rounds; multiply it by mu_decay
+    # every round (1 = no decay).
+    mu_dynamic: bool = False
+    mu_spread_threshold: float = 0.1
+    mu_factor: float = 2.0
+    mu_min: float = 0.001
+    mu_max: float = 1.0
+    mu_calm_rounds: int = 2
+    mu_decay: float = 1.0
+    # Server LR: over the last lr_window evaluations made at the current LR, a relative rise of the composite
+    # evaluation loss above lr_diverge_tolerance multiplies the LR by lr_diverge_factor; otherwise a relative
+    # improvement below lr_stall_tolerance multiplies it by lr_stall_factor. Clamped to [lr_min, lr_max].
+    lr_adjust: bool = False
+    lr_window: int = 3
+    lr_stall_tolerance: float = 0.01
+    lr_stall_factor: float = 0.5
+    lr_diverge_tolerance: float = 0.1
+    lr_diverge_factor: float = 0.5
+    lr_min: float = 1e-6
+    lr_max: float = 1e-2
+    # Per-participant boost: a participant whose training loss exceeds boost_k x the mean of the round's
+    # losses trains next round at boost_factor x the server LR (clamped to [lr_min, lr_max]).
+    lr_boost: bool = False
+    boost_k: float = 1.5
+    boost_factor: float = 1.5
+    # Spike guard: when the composite evaluation loss rises by more than spike_threshold (relative) over the
+    # best of the previous spike_window evaluations, hold mu and lr as they are and boost nobody; with
+    # spike_rollback the next round also starts from the best global model so far.
+    spike_guard: bool = False
+    spike_threshold: float = 0.5
+    spike_window: int = 3
+    spike_rollback: bool = False
+
+    def check(self) -> None:
+        _positive("adaptive.mu_spread_threshold", self.mu_spread_threshold)
+        if self.mu_factor <= 1:
+            raise ConfigError(f"adaptive.mu_factor: {self.mu_factor} must be > 1")
+        _positive("adaptive.mu_min", self.mu_min)
+        if self.mu_max < self.mu_min:
+            raise ConfigError(f"adaptive.mu_max: {self.mu_max} is below adaptive.mu_min {self.mu_min}")
+        _positive("adaptive.mu_calm_rounds", self.mu_calm_rounds)
+        if not 0 < self.mu_decay <= 1:
+            raise ConfigError(f"adaptive.mu_decay: {self.mu_decay} must be in (0, 1]")
+        if self.lr_window < 2:
+            raise ConfigError(f"adaptive.lr_window: {self.lr_window} must be >= 2 (a trend needs two points)")
+        _non_negative("adaptive.lr_stall_tolerance", self.lr_stall_tolerance)
+        _factor("adaptive.lr_stall_factor", self.lr_stall_factor)
+        _non_negative("adaptive.lr_diverge_tolerance", self.lr_diverge_tolerance)
+        _factor("adaptive.lr_diverge_factor", self.lr_diverge_factor)
+        _positive("adaptive.lr_min", self.lr_min)
+        if self.lr_max < self.lr_min:
+            raise ConfigError(f"adaptive.lr_max: {self.lr_max} is below adaptive.lr_min {self.lr_min}")
+        if self.boost_k < 1:
+            raise ConfigError(f"adaptive.boost_k: {self.boost_k} must be >= 1 (k x the mean loss)")
+        if self.boost_factor <= 1:
+            raise ConfigError(f"adaptive.boost_factor: {self.boost_factor} must be > 1")
+        _positive("adaptive.spike_threshold", self.spike_threshold)
+        _positive("adaptive.spike_window", self.spike_window)
+
+    def check_against(self, federation: FederationConfig, train: TrainConfig) -> None:
+        """The starting values must lie within the clamps of the rules that are on."""
+        if self.mu_dynamic:
+            if federation.strategy != "fedprox":
+                raise ConfigError(
+                    f'adaptive.mu_dynamic: needs federation.strategy = "fedprox" '
+                    f"({federation.strategy} trains with mu = 0)"
+                )
+            if federation.mu < self.mu_min:
+                raise ConfigError(f"adaptive.mu_min: {self.mu_min} exceeds federation.mu {federation.mu}")
+            if federation.mu > self.mu_max:
+                raise ConfigError(f"adaptive.mu_max: {self.mu_max} is below federation.mu {federation.mu}")
+        if self.lr_adjust or self.lr_boost:
+            if train.lr < self.lr_min:
+                raise ConfigError(f"adaptive.lr_min: {self.lr_min} exceeds train.lr {train.lr}")
+            if train.lr > self.lr_max:
+                raise ConfigError(f"adaptive.lr_max: {self.lr_max} is below train.lr {train.lr}")
 
 
 @dataclass
@@ -181,12 +278,14 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
 
     def check(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 value.check()
+        self.adaptive.check_against(self.federation, self.train)
 
     def uses_demo(self) -> bool:
         return any(s.startswith("demo:") for s in [*self.data.participants, *self.data.eval])
@@ -314,6 +413,11 @@ def _positive(key: str, value: float) -> None:
 def _non_negative(key: str, value: float) -> None:
     if value < 0:
         raise ConfigError(f"{key}: must be >= 0, got {value}")
+
+
+def _factor(key: str, value: float) -> None:
+    if not 0 < value < 1:
+        raise ConfigError(f"{key}: {value} must be in (0, 1)")
 
 
 def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -1,0 +1,487 @@
+"""A coordinator round on loopback against its ceiling, a bare grpcio stream moving the same bytes.
+
+Per participant count P: the real `Coordinator` + `FederationService` behind a `grpc.server` (the production
+GRPC_OPTIONS, a run directory on disk) in a process of its own, holding a synthetic trainable state of
+`--params` fp32 values in a few hundred tensors; P participant processes that are raw stub clients (Join,
+poll GetTask, DownloadModel the whole model verified by SHA-256 through `ChunkAssembler`, upload it back
+unchanged: header + chunks). No training, no evaluation: what is timed is the protocol, the spooling, the
+validation and the aggregation. Each round is timed by the coordinator, from the round's start to its
+aggregated global model saved; the coordinator process samples its own RSS and reports its VmHWM.
+
+In the same invocation, for the same P and bytes, `bench.bare_grpc_stream` (servicer that streams pre-sliced
+chunks and drops what comes back) gives the ceiling; the table prints the ratio. Both run in child processes
+started after the malloc environment below is set, so both servers (and all participants) run under it.
+
+    .venv/bin/python -m bench.coordinator_round [--params N] [--participants 2,4,8] [--rounds R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# One malloc setting for every process of both benches (children inherit it; they read it at start-up).
+# glibc's dynamic mmap threshold otherwise flips 4 MiB chunk buffers between mmap (a page-faulting, zeroed
+# allocation per chunk) and the heap, which moves throughput a lot from run to run.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
+
+MIB = 1 << 20
+TENSORS = 256  # weight + bias for 128 layers
+
+
+@dataclass(frozen=True)
+class OursRow:
+    participants: int
+    payload_bytes: int
+    round_seconds: tuple[float, ...]
+    collect_seconds: tuple[float, ...]
+    aggregate_seconds: tuple[float, ...]
+    peak_rss_bytes: int
+    peak_collect_rss: tuple[int, int, int]  # sampled (total, anonymous, file-backed) bytes
+    peak_aggregate_rss: tuple[int, int, int]
+
+    @property
+    def median_seconds(self) -> float:
+        return statistics.median(self.round_seconds)
+
+    @property
+    def gb_per_second(self) -> float:
+        return 2 * self.participants * self.payload_bytes / self.median_seconds / 1e9
+
+
+# ---------------------------------------------------------------------------------------- synthetic state
+
+
+def synthetic_state(params: int, seed: int = 0):
+    """~`params` fp32 values in TENSORS tensors: per layer a (1024, k) weight and a 1024 bias."""
+    import torch
+
+    layers = TENSORS // 2
+    rows = 1024
+    cols = max(1, round((params / layers - rows) / rows))
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for layer in range(layers):
+        state[f"layers.{layer:03d}.weight"] = torch.randn(rows, cols, generator=gen)
+        state[f"layers.{layer:03d}.bias"] = torch.randn(rows, generator=gen)
+    return state
+
+
+def write_model(params: int, path: Path) -> tuple[int, int]:
+    """Encode the synthetic state once (in a throwaway process); returns (numel, payload bytes)."""
+    from zk0.codec import encode_state, write_atomic
+
+    state = synthetic_state(params)
+    numel = sum(t.numel() for t in state.values())
+    data = encode_state(state)
+    write_atomic(path, data)
+    return numel, len(data)
+
+
+# ---------------------------------------------------------------------------------------- /proc
+
+
+def _status_fields(fields: Sequence[str]) -> dict[str, int]:
+    """Fields of /proc/self/status in kiB."""
+    found = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in fields:
+                found[key] = int(value.split()[0])
+    return found
+
+
+def _status_kib(field: str) -> int:
+    return _status_fields((field,))[field]
+
+
+class RssSampler(threading.Thread):
+    """Samples this process's VmRSS every `interval` seconds, so peaks can be attributed to a phase."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        super().__init__(name="rss-sampler", daemon=True)
+        self.interval = interval
+        self.samples: list[tuple[float, int, int]] = []  # (time, anonymous bytes, file-backed bytes)
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            fields = _status_fields(("RssAnon", "RssFile"))
+            self.samples.append((time.monotonic(), fields["RssAnon"] * 1024, fields["RssFile"] * 1024))
+
+    def peak(self, start: float, end: float) -> tuple[int, int, int]:
+        """Peak RSS between two instants, with its anonymous and file-backed parts at that sample."""
+        return max(((a + f, a, f) for t, a, f in self.samples if start <= t <= end), default=(0, 0, 0))
+
+
+# ---------------------------------------------------------------------------------------- coordinator
+
+
+def _coordinator_main(
+    model_path: str, run_dir: str, participants: int, rounds: int, chunk_kib: int, workers: int, out
+) -> None:
+    """The coordinator process: our real server pieces around a synthetic global model."""
+    try:
+        out.put(("done", _serve_rounds(model_path, run_dir, participants, rounds, chunk_kib, workers, out)))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
+        import traceback
+
+        out.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+
+
+def _serve_rounds(
+    model_path: str, run_dir: str, participants: int, rounds: int, chunk_kib: int, workers: int, out
+) -> dict:
+    from concurrent import futures
+
+    import grpc
+
+    from coordinator.rounds import Coordinator, RoundState
+    from coordinator.service import FederationService
+    from coordinator.store import RunStore
+    from zk0.codec import SpoolReader
+    from zk0.config import config_to_toml, load_config
+    from zk0.transport import GRPC_OPTIONS
+    from zk0.v1 import federation_pb2_grpc as pb_grpc
+
+    logging.basicConfig(level=logging.WARNING, format="coordinator: %(levelname)s %(name)s: %(message)s")
+    sampler = RssSampler()
+    sampler.start()
+    config = load_config(
+        None,
+        [
+            f"federation.rounds={rounds}",
+            f"federation.min_participants={participants}",
+            f"federation.min_updates={participants}",
+            "federation.fraction=1.0",
+            f"federation.chunk_kib={chunk_kib}",
+            "federation.lease_s=600.0",
+            "federation.round_timeout_s=600.0",
+            "federation.join_timeout_s=300.0",
+            "federation.on_join_timeout='stop'",
+        ],
+    )
+    store, _ = RunStore.open(Path(run_dir), config)
+    with SpoolReader(Path(model_path)) as reader:
+        manifest = reader.manifest()
+    coordinator = Coordinator(config, store, manifest)
+    data = Path(model_path).read_bytes()
+    coordinator.set_global(0, data, store.save_global(0, data))
+    del data
+    service = FederationService(
+        coordinator, tokens=None, config_toml=config_to_toml(config), frozen_sha256="0" * 64
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=GRPC_OPTIONS)
+    pb_grpc.add_FederationServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    out.put(("port", port))
+
+    done: list[dict] = []
+
+    def on_round(round_idx: int, state: RoundState, entry: dict) -> None:
+        end = coordinator.clock()
+        collected = state.started + entry["seconds"]["train"]
+        done.append(
+            {
+                "round": round_idx,
+                "round_s": end - state.started,
+                "collect_s": entry["seconds"]["train"],
+                "aggregate_s": entry["seconds"]["aggregate"],
+                "bytes": entry["bytes"],
+                "rss_collect": sampler.peak(state.started, collected),
+                "rss_aggregate": sampler.peak(collected, end),
+            }
+        )
+        # A bench artifact, outside the timed span: keep the disk bounded (the server keeps every round).
+        shutil.rmtree(store.round_dir(round_idx), ignore_errors=True)
+        store.model_path(round_idx - 1).unlink(missing_ok=True)
+
+    stop = threading.Event()
+    try:
+        coordinator.run(stop, on_round)
+        coordinator.wait_until_told(60)
+    finally:
+        server.stop(grace=2.0).wait()
+        sampler.stopped.set()
+    return {
+        "rounds": done,
+        "payload_bytes": len(coordinator.global_bytes),
+        "hwm": _status_kib("VmHWM") * 1024,
+    }
+
+
+# ---------------------------------------------------------------------------------------- participants
+
+
+def _participant_main(port: int, name: str, sample_count: int) -> None:
+    """A raw stub client: join, then poll for tasks; per round pull the model, verify it, send it back."""
+    import grpc
+
+    from zk0.codec import ChunkAssembler
+    from zk0.config import load_config_text
+    from zk0.transport import GRPC_OPTIONS
+    from zk0.v1 import federation_pb2 as pb
+    from zk0.v1 import federation_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS) as channel:
+        grpc.channel_ready_future(channel).result(timeout=60)
+        stub = pb_grpc.FederationStub(channel)
+        joined = stub.Join(
+            pb.JoinRequest(
+                participant_name=name,
+                dataset=pb.DatasetDescription(repo_id="bench/synthetic", episodes=1, frames=1, fps=30.0),
+            ),
+            timeout=30,
+        )
+        # Upload chunks as the real client sizes them: from the run's config the coordinator sends at join.
+        config = load_config_text(joined.config_toml, "the coordinator's config")
+        chunk_bytes = config.federation.chunk_kib * 1024
+        while True:
+            reply = stub.GetTask(pb.GetTaskRequest(participant_id=name), timeout=30)
+            kind = reply.WhichOneof("task")
+            if kind == "done":
+                return
+            if kind == "wait":
+                time.sleep(reply.wait.seconds)
+                continue
+            task = reply.train
+            assembler = ChunkAssembler(task.model_size, task.model_version, task.model_size)
+            request = pb.DownloadModelRequest(participant_id=name, version=task.model_version)
+            for message in stub.DownloadModel(request, timeout=600):
+                if message.HasField("info"):
+                    if message.info.size != task.model_size or message.info.version != task.model_version:
+                        raise RuntimeError(f"{name}: model info does not match the task")
+                else:
+                    assembler.add(message.chunk.offset, message.chunk.data)
+            payload = assembler.finish()
+            header = pb.UpdateHeader(
+                participant_id=name,
+                round=task.round,
+                base_version=task.model_version,
+                sample_count=sample_count,
+                metrics={"policy_loss": 0.0},
+                size=len(payload),
+                sha256=task.model_version,  # the bytes go back unchanged, verified on the way in
+            )
+            answer = stub.UploadUpdate(_upload_messages(header, payload, chunk_bytes), timeout=600)
+            if not answer.accepted:
+                raise RuntimeError(f"{name}: round {task.round} upload refused: {answer.reason}")
+            del payload, assembler
+
+
+def _upload_messages(header, payload: bytes, chunk_bytes: int) -> Iterator:
+    """Header, then the payload in chunks: what participant/client.py sends."""
+    from zk0.codec import iter_chunks
+    from zk0.v1 import federation_pb2 as pb
+
+    yield pb.UploadUpdateRequest(header=header)
+    for offset, view in iter_chunks(payload, chunk_bytes):
+        yield pb.UploadUpdateRequest(chunk=pb.Chunk(offset=offset, data=bytes(view)))
+
+
+def run_ours(
+    model_path: Path,
+    participants: int,
+    rounds: int,
+    chunk_kib: int,
+    workers: int,
+    profile: Path | None = None,
+) -> OursRow:
+    """One coordinator process and P participant processes for `rounds` rounds (the first is warm-up)."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    run_dir = tempfile.mkdtemp(prefix=f"zk0-bench-p{participants}-", dir=model_path.parent)
+    coordinator = ctx.Process(
+        target=_coordinator_main,
+        args=(str(model_path), run_dir, participants, rounds, chunk_kib, workers, out),
+    )
+    coordinator.start()
+    procs: list[mp.Process] = []
+    try:
+        kind, port = out.get(timeout=300)
+        if kind != "port":
+            raise RuntimeError(f"coordinator failed to start:\n{port}")
+        if profile is not None:  # py-spy on the coordinator process: collapsed stacks, per thread
+            profile.mkdir(parents=True, exist_ok=True)
+            spy = Path(sys.executable).with_name("py-spy")
+            subprocess.Popen(
+                [spy, "record", "--pid", str(coordinator.pid), "--format", "raw", "--threads"]
+                + ["--rate", "200", "--output", str(profile / f"coordinator-p{participants}.txt")],
+                stdout=subprocess.DEVNULL,
+            )
+        procs = [
+            ctx.Process(target=_participant_main, args=(port, f"p{i}", 100 + 7 * i), daemon=True)
+            for i in range(participants)
+        ]
+        for proc in procs:
+            proc.start()
+        kind, result = out.get(timeout=600 + 120 * rounds * participants)
+        if kind != "done":
+            raise RuntimeError(f"coordinator failed:\n{result}")
+    finally:
+        for proc in [*procs, coordinator]:
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.kill()
+        shutil.rmtree(run_dir, ignore_errors=True)
+    failed = [proc.exitcode for proc in procs if proc.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"participant processes failed with exit codes {failed}")
+    timed = result["rounds"][1:]  # the first round is the warm-up
+    return OursRow(
+        participants=participants,
+        payload_bytes=result["payload_bytes"],
+        round_seconds=tuple(r["round_s"] for r in timed),
+        collect_seconds=tuple(r["collect_s"] for r in timed),
+        aggregate_seconds=tuple(r["aggregate_s"] for r in timed),
+        peak_rss_bytes=result["hwm"],
+        peak_collect_rss=max(tuple(r["rss_collect"]) for r in timed),
+        peak_aggregate_rss=max(tuple(r["rss_aggregate"]) for r in timed),
+    )
+
+
+# ---------------------------------------------------------------------------------------- the ceiling
+
+
+def _bare_main(params: int, participants: int, rounds: int, chunk_bytes: int, out) -> None:
+    try:
+        from bench.bare_grpc_stream import bench
+
+        (row,) = bench(params, [participants], rounds - 1, chunk_bytes, warmup=1)
+        out.put(("done", (row, _status_kib("VmHWM") * 1024)))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
+        out.put(("error", f"{type(e).__name__}: {e}"))
+
+
+def run_bare(params: int, participants: int, rounds: int, chunk_bytes: int):
+    """The bare stream's rows, its server in a child process so it runs under MALLOC_ENV too."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    proc = ctx.Process(target=_bare_main, args=(params, participants, rounds, chunk_bytes, out))
+    proc.start()
+    try:
+        kind, result = out.get(timeout=600 + 60 * rounds * participants)
+    finally:
+        proc.join(timeout=60)
+        if proc.is_alive():
+            proc.kill()
+    if kind != "done":
+        raise RuntimeError(f"bare stream failed: {result}")
+    return result
+
+
+# ---------------------------------------------------------------------------------------- main
+
+
+def rss_target_bytes(payload_bytes: int) -> int:
+    return int(2.5 * payload_bytes + 0.5e9)
+
+
+def format_table(rows: Sequence[tuple[OursRow, object, int]]) -> str:
+    header = (
+        f"{'P':>3} {'ours s':>7} {'bare s':>7} {'ratio':>6} {'ours GB/s':>9} {'bare GB/s':>9} "
+        f"{'coord peak RSS MB':>17} {'RSS target MB':>13}"
+    )
+    lines = [header]
+    for ours, bare, _ in rows:
+        lines.append(
+            f"{ours.participants:>3} {ours.median_seconds:>7.2f} {bare.median_seconds:>7.2f} "
+            f"{ours.median_seconds / bare.median_seconds:>6.2f} {ours.gb_per_second:>9.2f} "
+            f"{bare.gb_per_second:>9.2f} {ours.peak_rss_bytes / 1e6:>17.0f} "
+            f"{rss_target_bytes(ours.payload_bytes) / 1e6:>13.0f}"
+        )
+    return "\n".join(lines)
+
+
+def _seconds(values: Sequence[float]) -> str:
+    return " ".join(f"{s:.2f}" for s in values)
+
+
+def _rss(peak: tuple[int, int, int]) -> str:
+    total, anon, file = (value / 1e6 for value in peak)
+    return f"{total:.0f} MB = {anon:.0f} anon + {file:.0f} file"
+
+
+def format_details(rows: Sequence[tuple[OursRow, object, int]]) -> str:
+    lines = []
+    for ours, bare, bare_hwm in rows:
+        line = (
+            f"P={ours.participants}: ours rounds {_seconds(ours.round_seconds)} s "
+            f"(collect {_seconds(ours.collect_seconds)}, aggregate+save {_seconds(ours.aggregate_seconds)}); "
+            f"coordinator peak RSS {ours.peak_rss_bytes / 1e6:.0f} MB "
+            f"(sampled: collect {_rss(ours.peak_collect_rss)}, aggregate {_rss(ours.peak_aggregate_rss)})"
+        )
+        if bare is not None:
+            line += f"; bare rounds {_seconds(bare.round_seconds)} s, server peak RSS {bare_hwm / 1e6:.0f} MB"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=int, default=100_000_000, help="fp32 parameters in the model")
+    parser.add_argument("--participants", default="2,4,8", help="comma-separated participant counts")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per P (plus one warm-up round)")
+    parser.add_argument("--chunk-kib", type=int, default=4096, help="federation.chunk_kib (both benches)")
+    parser.add_argument("--workers", type=int, default=16, help="server threads (the coordinator's default)")
+    parser.add_argument(
+        "--malloc",
+        default=",".join(f"{k}={v}" for k, v in MALLOC_ENV.items()),
+        help="KEY=VALUE,... set for every bench process, or 'none' for glibc's defaults",
+    )
+    parser.add_argument("--profile", type=Path, help=argparse.SUPPRESS)  # py-spy output folder
+    parser.add_argument("--only", choices=("both", "ours", "bare"), default="both", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    participants = [int(p) for p in args.participants.split(",")]
+    for key in [k for k in os.environ if k.startswith("MALLOC_")]:
+        del os.environ[key]
+    settings = [] if args.malloc == "none" else [item.split("=", 1) for item in args.malloc.split(",")]
+    for key, value in settings:
+        os.environ[key] = value
+    malloc = " ".join(f"{key}={value}" for key, value in settings) or "glibc malloc defaults"
+    work = Path(tempfile.mkdtemp(prefix="zk0-bench-"))
+    try:
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(1) as pool:
+            numel, size = pool.apply(write_model, (args.params, work / "initial.safetensors"))
+        print(
+            f"coordinator round vs bare grpcio stream: {numel:,} fp32 params in {TENSORS} tensors "
+            f"({size / 1e6:.0f} MB), {args.chunk_kib} KiB chunks, "
+            f"{args.rounds} timed rounds after 1 warm-up, "
+            f"{os.cpu_count()} CPUs, {malloc}",
+            flush=True,
+        )
+        rows = []
+        for count in participants:
+            bare, bare_hwm = None, 0
+            if args.only != "ours":
+                bare, bare_hwm = run_bare(numel, count, args.rounds + 1, args.chunk_kib * 1024)
+            if args.only == "bare":
+                print(f"P={count}: bare rounds {_seconds(bare.round_seconds)} s", flush=True)
+                continue
+            model = work / "initial.safetensors"
+            ours = run_ours(model, count, args.rounds + 1, args.chunk_kib, args.workers, args.profile)
+            rows.append((ours, bare, bare_hwm))
+            print(format_details(rows[-1:]), flush=True)
+        if args.only == "both":
+            print(format_table(rows))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
