@@ -18,9 +18,11 @@ started after the malloc environment below is set, so both servers (and all part
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import multiprocessing as mp
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -49,6 +51,8 @@ class OursRow:
     collect_seconds: tuple[float, ...]
     aggregate_seconds: tuple[float, ...]
     peak_rss_bytes: int
+    coordinator_cpu_seconds: float  # median over the timed rounds
+    participants_cpu_seconds: float  # all participants together, median over the timed rounds
     peak_collect_rss: tuple[int, int, int]  # sampled (total, anonymous, file-backed) bytes
     peak_aggregate_rss: tuple[int, int, int]
 
@@ -108,6 +112,11 @@ def _status_kib(field: str) -> int:
     return _status_fields((field,))[field]
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 class RssSampler(threading.Thread):
     """Samples this process's VmRSS every `interval` seconds, so peaks can be attributed to a phase."""
 
@@ -142,6 +151,33 @@ def _coordinator_main(
         out.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
 
 
+def _trace_phases(events: list) -> None:
+    """Time the coordinator's per-upload phases (bench instrumentation, only with --profile)."""
+    import functools
+
+    import coordinator.rounds as rounds
+
+    def timed(owner, name: str, label: str) -> None:
+        original = getattr(owner, name)
+
+        @functools.wraps(original)
+        def wrapper(*args, **kwargs):
+            start = time.monotonic()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                events.append((label, threading.current_thread().name, start, time.monotonic()))
+
+        setattr(owner, name, wrapper)
+
+    timed(rounds, "validate_tensors", "validate")
+    timed(rounds.FileAssembler, "finish", "fsync+rename")
+    timed(rounds.Coordinator, "receive_update", "upload")
+    timed(rounds.Coordinator, "_aggregate", "aggregate")
+    timed(rounds.RunStore, "write_global", "write global")
+    timed(rounds.ModelFile, "__init__", "read+hash global")
+
+
 def _serve_rounds(
     model_path: str, run_dir: str, participants: int, rounds: int, chunk_kib: int, workers: int, out
 ) -> dict:
@@ -160,6 +196,9 @@ def _serve_rounds(
     logging.basicConfig(level=logging.WARNING, format="coordinator: %(levelname)s %(name)s: %(message)s")
     sampler = RssSampler()
     sampler.start()
+    events: list = []
+    if os.environ.get("ZK0_BENCH_TRACE"):
+        _trace_phases(events)
     config = load_config(
         None,
         [
@@ -192,18 +231,24 @@ def _serve_rounds(
 
     done: list[dict] = []
 
+    cpu_mark = [_cpu_seconds()]
+
     def on_round(round_idx: int, state: RoundState, entry: dict) -> None:
         end = coordinator.clock()
         collected = state.started + entry["seconds"]["train"]
+        cpu = _cpu_seconds()
+        cpu_mark.append(cpu)
         done.append(
             {
                 "round": round_idx,
+                "at": (state.started, collected, end),
                 "round_s": end - state.started,
                 "collect_s": entry["seconds"]["train"],
                 "aggregate_s": entry["seconds"]["aggregate"],
                 "bytes": entry["bytes"],
                 "rss_collect": sampler.peak(state.started, collected),
                 "rss_aggregate": sampler.peak(collected, end),
+                "cpu_s": cpu - cpu_mark[-2],  # since the previous round's end: one whole round
             }
         )
         # A bench artifact, outside the timed span: keep the disk bounded (the server keeps every round).
@@ -212,22 +257,27 @@ def _serve_rounds(
 
     stop = threading.Event()
     try:
-        coordinator.run(stop, on_round)
+        if "on_failed_attempt" in inspect.signature(coordinator.run).parameters:
+            coordinator.run(stop, on_round, on_failed_attempt=lambda round_idx, entry: None)
+        else:
+            coordinator.run(stop, on_round)
         coordinator.wait_until_told(60)
     finally:
         server.stop(grace=2.0).wait()
         sampler.stopped.set()
     return {
         "rounds": done,
-        "payload_bytes": len(coordinator.global_bytes),
+        "payload_bytes": coordinator.global_size,
         "hwm": _status_kib("VmHWM") * 1024,
+        "samples": sampler.samples,
+        "events": events,
     }
 
 
 # ---------------------------------------------------------------------------------------- participants
 
 
-def _participant_main(port: int, name: str, sample_count: int) -> None:
+def _participant_main(port: int, name: str, sample_count: int, cpu_out) -> None:
     """A raw stub client: join, then poll for tasks; per round pull the model, verify it, send it back."""
     import grpc
 
@@ -243,17 +293,25 @@ def _participant_main(port: int, name: str, sample_count: int) -> None:
         joined = stub.Join(
             pb.JoinRequest(
                 participant_name=name,
-                dataset=pb.DatasetDescription(repo_id="bench/synthetic", episodes=1, frames=1, fps=30.0),
+                dataset=pb.DatasetDescription(
+                    repo_id="bench/synthetic",
+                    features=[pb.FeatureSpec(name="observation.state", dtype="float32", shape=[6])],
+                    episodes=1,
+                    frames=1,
+                    fps=30.0,
+                ),
             ),
             timeout=30,
         )
         # Upload chunks as the real client sizes them: from the run's config the coordinator sends at join.
         config = load_config_text(joined.config_toml, "the coordinator's config")
         chunk_bytes = config.federation.chunk_kib * 1024
+        cpu = [_cpu_seconds()]
         while True:
             reply = stub.GetTask(pb.GetTaskRequest(participant_id=name), timeout=30)
             kind = reply.WhichOneof("task")
             if kind == "done":
+                cpu_out.put([b - a for a, b in zip(cpu, cpu[1:], strict=False)])  # CPU seconds per round
                 return
             if kind == "wait":
                 time.sleep(reply.wait.seconds)
@@ -280,6 +338,7 @@ def _participant_main(port: int, name: str, sample_count: int) -> None:
             answer = stub.UploadUpdate(_upload_messages(header, payload, chunk_bytes), timeout=600)
             if not answer.accepted:
                 raise RuntimeError(f"{name}: round {task.round} upload refused: {answer.reason}")
+            cpu.append(_cpu_seconds())
             del payload, assembler
 
 
@@ -302,8 +361,10 @@ def run_ours(
     profile: Path | None = None,
 ) -> OursRow:
     """One coordinator process and P participant processes for `rounds` rounds (the first is warm-up)."""
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")
-    out = ctx.Queue()
+    out, cpu_out = ctx.Queue(), ctx.Queue()
     run_dir = tempfile.mkdtemp(prefix=f"zk0-bench-p{participants}-", dir=model_path.parent)
     coordinator = ctx.Process(
         target=_coordinator_main,
@@ -315,16 +376,25 @@ def run_ours(
         kind, port = out.get(timeout=300)
         if kind != "port":
             raise RuntimeError(f"coordinator failed to start:\n{port}")
-        if profile is not None:  # py-spy on the coordinator process: collapsed stacks, per thread
+        if profile is not None and not os.environ.get("ZK0_BENCH_TRACE"):  # py-spy, per thread
             profile.mkdir(parents=True, exist_ok=True)
             spy = Path(sys.executable).with_name("py-spy")
             subprocess.Popen(
-                [spy, "record", "--pid", str(coordinator.pid), "--format", "raw", "--threads"]
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(coordinator.pid),
+                    "--format",
+                    "raw",
+                    "--threads",
+                    "--nonblocking",
+                ]
                 + ["--rate", "200", "--output", str(profile / f"coordinator-p{participants}.txt")],
                 stdout=subprocess.DEVNULL,
             )
         procs = [
-            ctx.Process(target=_participant_main, args=(port, f"p{i}", 100 + 7 * i), daemon=True)
+            ctx.Process(target=_participant_main, args=(port, f"p{i}", 100 + 7 * i, cpu_out), daemon=True)
             for i in range(participants)
         ]
         for proc in procs:
@@ -332,6 +402,7 @@ def run_ours(
         kind, result = out.get(timeout=600 + 120 * rounds * participants)
         if kind != "done":
             raise RuntimeError(f"coordinator failed:\n{result}")
+        per_participant = [cpu_out.get(timeout=120) for _ in procs]
     finally:
         for proc in [*procs, coordinator]:
             proc.join(timeout=60)
@@ -341,7 +412,16 @@ def run_ours(
     failed = [proc.exitcode for proc in procs if proc.exitcode != 0]
     if failed:
         raise RuntimeError(f"participant processes failed with exit codes {failed}")
+    if profile is not None:
+        with open(profile / f"rss-p{participants}.txt", "w") as f:
+            for t, anon, file in result["samples"]:
+                f.write(f"{t:.3f} {anon / 1e6:.0f} {file / 1e6:.0f}\n")
+            for r in result["rounds"]:
+                f.write(f"# {r}\n")
+            for event in result["events"]:
+                f.write(f"@ {event}\n")
     timed = result["rounds"][1:]  # the first round is the warm-up
+    participants_cpu = [sum(per_round) for per_round in zip(*per_participant, strict=True)]
     return OursRow(
         participants=participants,
         payload_bytes=result["payload_bytes"],
@@ -349,6 +429,8 @@ def run_ours(
         collect_seconds=tuple(r["collect_s"] for r in timed),
         aggregate_seconds=tuple(r["aggregate_s"] for r in timed),
         peak_rss_bytes=result["hwm"],
+        coordinator_cpu_seconds=statistics.median(r["cpu_s"] for r in timed),
+        participants_cpu_seconds=statistics.median(participants_cpu[1:]),
         peak_collect_rss=max(tuple(r["rss_collect"]) for r in timed),
         peak_aggregate_rss=max(tuple(r["rss_aggregate"]) for r in timed),
     )
@@ -422,6 +504,8 @@ def format_details(rows: Sequence[tuple[OursRow, object, int]]) -> str:
         line = (
             f"P={ours.participants}: ours rounds {_seconds(ours.round_seconds)} s "
             f"(collect {_seconds(ours.collect_seconds)}, aggregate+save {_seconds(ours.aggregate_seconds)}); "
+            f"CPU s/round: coordinator {ours.coordinator_cpu_seconds:.1f}, "
+            f"participants {ours.participants_cpu_seconds:.1f}; "
             f"coordinator peak RSS {ours.peak_rss_bytes / 1e6:.0f} MB "
             f"(sampled: collect {_rss(ours.peak_collect_rss)}, aggregate {_rss(ours.peak_aggregate_rss)})"
         )

@@ -246,3 +246,28 @@ def _change(old: float, new: float, unclamped: float, name: str) -> str:
     if new != unclamped:
         text += f" (clamped to {name}_{'min' if unclamped < new else 'max'})"
     return text
+
+
+def records_from_metrics(
+    entries: Sequence[Mapping[str, Any]], *, base_mu: float, base_lr: float
+) -> list[RoundRecord]:
+    """The history `decide()` needs, from metrics.jsonl entries: one record per completed round (the last
+    aggregated attempt of each), round 0 being the initial model's evaluation."""
+    by_round: dict[int, Mapping[str, Any]] = {}
+    for entry in entries:
+        if "version" in entry:
+            by_round[int(entry["round"])] = entry
+    records = []
+    for round_idx in sorted(by_round):
+        entry = by_round[round_idx]
+        hp = entry.get("hyperparameters", {})
+        records.append(
+            RoundRecord(
+                round=round_idx,
+                eval_loss=entry["eval"]["composite"]["loss"] if "eval" in entry else None,
+                train_losses={n: u["policy_loss"] for n, u in entry.get("updates", {}).items()},
+                mu=hp.get("mu", base_mu),
+                lr=hp.get("lr", base_lr),
+            )
+        )
+    return records

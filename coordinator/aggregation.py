@@ -13,12 +13,31 @@ canonical order (e.g. by participant id) when a round must be reproducible to th
 
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
-from zk0.codec import Manifest, SpoolReader, torch_dtype
+from zk0.codec import Manifest, SpoolReader, TensorSpec, torch_dtype
+
+# ATen runs an elementwise op in the calling thread when it has at most this many elements (its grain size).
+_SERIAL_SLICE = 32768
+
+
+def _sliced(out: torch.Tensor, op: Callable[..., object], *inputs: torch.Tensor) -> torch.Tensor:
+    """`op(out, *inputs)`, an elementwise op writing into `out`, applied slice by slice: the same values as
+    one call on the whole tensors, computed in the calling thread.
+
+    One call on a large tensor starts an OpenMP team, and on a busy host each such parallel region waits for
+    a descheduled helper thread: folding 4 updates of 400 MB took 5-7 s instead of 0.3 s on a loaded 2-core
+    machine. Elementwise kernels give each element the same value however the range is split.
+    """
+    flat_out = out.view(-1)
+    flat_inputs = [tensor.reshape(-1) for tensor in inputs]
+    for start in range(0, flat_out.numel(), _SERIAL_SLICE):
+        end = start + _SERIAL_SLICE
+        op(flat_out[start:end], *(flat[start:end] for flat in flat_inputs))
+    return out
 
 
 def _accumulator_dtype(dtype_name: str) -> torch.dtype:
@@ -38,6 +57,7 @@ class FedAvgAccumulator:
         self.total_weight = 0.0
         self._sums: dict[str, torch.Tensor] = {}
         self._broken: str | None = None
+        self._taken = False
         self._lock = threading.Lock()
 
     def add(self, update: Mapping[str, torch.Tensor] | Path, weight: float) -> None:
@@ -59,6 +79,8 @@ class FedAvgAccumulator:
         if actual != self.manifest:
             raise ValueError("update does not match the manifest; validate it before adding")
         with self._lock:
+            if self._taken:
+                raise RuntimeError("accumulator emptied by take_result()")
             if self._broken is not None:
                 raise RuntimeError(f"accumulator unusable after a failed add: {self._broken}")
             try:
@@ -69,7 +91,7 @@ class FedAvgAccumulator:
                         acc = self._sums[spec.name] = torch.zeros(
                             spec.shape, dtype=_accumulator_dtype(spec.dtype)
                         )
-                    acc.add_(tensor.to(acc.dtype), alpha=weight)
+                    _sliced(acc, lambda a, t: a.add_(t.to(a.dtype), alpha=weight), tensor)
             except BaseException as err:
                 self._broken = f"{type(err).__name__}: {err}"
                 raise
@@ -79,15 +101,45 @@ class FedAvgAccumulator:
     def result(self) -> dict[str, torch.Tensor]:
         """The weighted mean, each tensor cast back to its manifest dtype (integers rounded to nearest)."""
         with self._lock:
-            if self._broken is not None:
-                raise RuntimeError(f"accumulator unusable after a failed add: {self._broken}")
-            if self.count == 0:
-                raise RuntimeError("no updates to aggregate")
+            self._check_result()
             mean = {}
             for spec in self.manifest:
-                value = self._sums[spec.name] / self.total_weight
-                dtype = torch_dtype(spec.dtype)
-                if not (dtype.is_floating_point or dtype.is_complex):
-                    value = value.round()
-                mean[spec.name] = value.to(dtype)
+                total = self._sums[spec.name]
+                value = _sliced(
+                    torch.empty_like(total), lambda v, t: torch.div(t, self.total_weight, out=v), total
+                )
+                mean[spec.name] = self._mean(spec, value)
             return mean
+
+    def take_result(self) -> dict[str, torch.Tensor]:
+        """`result()`, computed in the sums' own memory (no second model's worth), emptying the accumulator.
+
+        Same values as `result()`: the same division, done in place; fp32 tensors are the sums themselves.
+        """
+        with self._lock:
+            self._check_result()
+            self._taken = True
+            return {
+                spec.name: self._mean(
+                    spec, _sliced(self._sums.pop(spec.name), lambda v: v.div_(self.total_weight))
+                )
+                for spec in self.manifest
+            }
+
+    def _check_result(self) -> None:
+        if self._taken:
+            raise RuntimeError("accumulator emptied by take_result()")
+        if self._broken is not None:
+            raise RuntimeError(f"accumulator unusable after a failed add: {self._broken}")
+        if self.count == 0:
+            raise RuntimeError("no updates to aggregate")
+
+    @staticmethod
+    def _mean(spec: TensorSpec, value: torch.Tensor) -> torch.Tensor:
+        """`value` (a fresh sum / total) cast to the manifest dtype, integers rounded to nearest first."""
+        dtype = torch_dtype(spec.dtype)
+        if not (dtype.is_floating_point or dtype.is_complex):
+            _sliced(value, torch.Tensor.round_)
+        if dtype == value.dtype:
+            return value
+        return _sliced(torch.empty(value.shape, dtype=dtype), torch.Tensor.copy_, value)

@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=Path, help="tokens file: one 'NAME TOKEN' per line")
     p.add_argument("--insecure", action="store_true", help="no TLS; only allowed on a loopback host")
     p.add_argument("--device", default="auto", help="device for the coordinator's evaluation (default auto)")
+    p.add_argument("--push-to-hub", metavar="REPO", help="upload final/ to this hub model repo at the end")
     p.set_defaults(func=cmd_serve)
     return parser
 
@@ -46,6 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tokens=args.tokens,
         insecure=args.insecure,
         device=args.device,
+        push_to_hub=args.push_to_hub,
     )
     server = CoordinatorServer(config, args.run_dir, options)
     port = server.start()

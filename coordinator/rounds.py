@@ -17,9 +17,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from coordinator.adaptive import Decision
 from coordinator.aggregation import FedAvgAccumulator
 from coordinator.store import RunStore
-from zk0.codec import FileAssembler, Manifest, PayloadRejected, decode_state, encode_state
+from zk0.codec import FileAssembler, Manifest, ModelFile, PayloadRejected, SpoolReader, write_atomic
 from zk0.config import Config
 from zk0.errors import Zk0Error
 from zk0.validation import Refusal, UpdateHeader, UpdateRejected, validate_tensors, validate_update
@@ -35,6 +36,12 @@ class Member:
     name: str
     dataset: dict
     lease_until: float
+
+    @property
+    def ready(self) -> bool:
+        """A participant joins once to get the run's config, then again with its dataset's description
+        once its model and data are built: only then can it be counted on and sampled."""
+        return bool(self.dataset.get("features"))
 
 
 @dataclass
@@ -100,25 +107,60 @@ class Coordinator:
         self._done = False
         self._done_reason = ""
         self._told_done: set[str] = set()
+        self.plan = Decision(mu=self.fed.round_mu, lr=config.train.lr)
         self.global_round = 0
         self.global_version = ""
-        self.global_bytes = b""
+        self._model: ModelFile | None = None
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------ the global model
 
     def set_global(self, round_idx: int, data: bytes, version: str) -> None:
+        """Make `data` (version `version`) the global model of `round_idx`. It is served from the store's
+        file for that round (`RunStore.save_global` writes it; written here if missing), not from memory."""
+        path = self.store.model_path(round_idx)
+        if not path.exists():
+            write_atomic(path, data)
+        model = ModelFile(path, self.chunk_bytes)
+        if model.version != version:
+            model.close()
+            raise Zk0Error(
+                f"{path} does not hold global model {version[:12]} (it hashes to {model.version[:12]})"
+            )
+        self._set_model(round_idx, model)
+
+    def _set_model(self, round_idx: int, model: ModelFile) -> None:
         with self._cond:
-            self.global_round, self.global_bytes, self.global_version = round_idx, data, version
+            self.global_round, self._model, self.global_version = round_idx, model, model.version
+
+    @property
+    def global_bytes(self) -> bytes:
+        """A copy of the global model's bytes, read from its file."""
+        return self._model.read_bytes() if self._model is not None else b""
+
+    @property
+    def global_size(self) -> int:
+        return self._model.size if self._model is not None else 0
+
+    def set_plan(self, plan: Decision) -> None:
+        """The mu and learning rates the next round's participants will receive."""
+        with self._cond:
+            self.plan = plan
 
     def global_state(self):
-        return decode_state(self.global_bytes)
+        """The global model's tensors, sorted by name, read from its file one tensor at a time."""
+        with SpoolReader(self._model.path) as reader:
+            return {name: reader[name] for name in reader}
 
     def model_bytes(self, version: str) -> bytes:
+        return self.model_file(version).read_bytes()
+
+    def model_file(self, version: str) -> ModelFile:
+        """The global model, if `version` is still its version (KeyError otherwise), to serve downloads."""
         with self._cond:
-            if version != self.global_version:
+            if version != self.global_version or self._model is None:
                 raise KeyError(version)
-            return self.global_bytes
+            return self._model
 
     # ------------------------------------------------------------------ membership
 
@@ -131,7 +173,8 @@ class Coordinator:
             now = self.clock()
             member = Member(name, dataset, now + self.fed.lease_s)
             self._members[name] = member
-            if dataset.get("features"):
+            if member.ready:
+                self.store.record_participant(name, dataset)
                 log.info(
                     "participant %s joined with %s: %s episodes, %s frames (%d live)",
                     name,
@@ -165,7 +208,7 @@ class Coordinator:
         return self._done
 
     def _live_count(self, now: float) -> int:
-        return sum(1 for m in self._members.values() if m.lease_until > now)
+        return sum(1 for m in self._members.values() if m.lease_until > now and m.ready)
 
     def _expire_leases(self, now: float) -> None:
         for name, member in list(self._members.items()):
@@ -190,10 +233,10 @@ class Coordinator:
                 "train",
                 round=state.round,
                 version=self.global_version,
-                size=len(self.global_bytes),
+                size=self.global_size,
                 manifest=self.manifest,
-                lr=self.config.train.lr,
-                mu=self.fed.round_mu,
+                lr=self.plan.lr_for(name),
+                mu=self.plan.mu,
                 steps=self.config.train.local_steps,
                 seed=self.config.seed * 100_003 + state.round * 101 + state.attempt,
                 deadline_s=max(0.0, state.deadline - self.clock()),
@@ -290,8 +333,14 @@ class Coordinator:
 
     # ------------------------------------------------------------------ the driver
 
-    def run(self, stop: threading.Event, on_round: Callable[[int, RoundState, dict], None]) -> None:
-        """Drive rounds from the one after the last completed one to the configured count."""
+    def run(
+        self,
+        stop: threading.Event,
+        on_round: Callable[[int, RoundState, dict], None],
+        on_failed_attempt: Callable[[int, dict], None],
+    ) -> None:
+        """Drive rounds from the one after the last completed one to the configured count; `on_round` gets
+        each aggregated round, `on_failed_attempt` each attempt that gathered too few updates."""
         try:
             round_idx = self.global_round + 1
             attempt = 1
@@ -308,6 +357,7 @@ class Coordinator:
                     on_round(round_idx, state, entry)
                     round_idx, attempt = round_idx + 1, 1
                 else:
+                    on_failed_attempt(round_idx, entry)
                     attempt += 1
                     if attempt > self.fed.max_round_attempts:
                         raise RunStopped(
@@ -363,7 +413,7 @@ class Coordinator:
     def _start_round(self, round_idx: int, attempt: int) -> RoundState:
         with self._cond:
             now = self.clock()
-            live = sorted(n for n, m in self._members.items() if m.lease_until > now)
+            live = sorted(n for n, m in self._members.items() if m.lease_until > now and m.ready)
             resumed = self.store.accepted(round_idx) if attempt == 1 else []
             state = RoundState(round_idx, attempt, [], now + self.fed.round_timeout_s, now)
             for header, _ in resumed:
@@ -409,7 +459,7 @@ class Coordinator:
         for name in sorted(state.accepted):
             header = state.accepted[name]
             accumulator.add(self.store.update_path(state.round, name), float(header.sample_count))
-        return accumulator.result()
+        return accumulator.take_result()
 
     def _finish_round(self, state: RoundState, waited: float) -> dict:
         with self._cond:
@@ -420,9 +470,10 @@ class Coordinator:
             "attempt": state.attempt,
             "base_version": self.global_version,
             "hyperparameters": {
-                "lr": self.config.train.lr,
-                "mu": self.fed.round_mu,
+                "lr": self.plan.lr,
+                "mu": self.plan.mu,
                 "local_steps": self.config.train.local_steps,
+                "lr_per_participant": dict(sorted(self.plan.lr_per_participant.items())),
             },
             "participants": {
                 "sampled": state.sampled,
@@ -447,9 +498,13 @@ class Coordinator:
             )
             return entry
         started = self.clock()
-        data = encode_state(self._aggregate(state))
-        version = self.store.save_global(state.round, data)
-        self.set_global(state.round, data, version)
+        # The mean (computed in the accumulator's own memory) streams to disk, never encoded in memory; the
+        # file is hashed once for its version, and downloads are served from it.
+        path = self.store.write_global(state.round, self._aggregate(state))
+        model = ModelFile(path, self.chunk_bytes)
+        self.store.mark_completed(state.round, model.version, model.size)
+        self._set_model(state.round, model)
+        version = model.version
         entry["version"] = version
         entry["seconds"]["aggregate"] = self.clock() - started
         log.info(

@@ -10,30 +10,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import torch
-from lerobot.datasets.factory import resolve_delta_timestamps
 
+from coordinator.adaptive import Decision, decide, records_from_metrics
+from coordinator.report import model_card, write_charts
 from coordinator.rounds import Coordinator, RoundState
 from coordinator.service import FederationService, read_tokens
 from coordinator.store import RunStore
-from zk0.codec import Manifest, encode_state
+from zk0 import hub
+from zk0.codec import Manifest, decode_state, encode_state
 from zk0.config import Config, config_to_toml
-from zk0.data import open_dataset
 from zk0.errors import Zk0Error
-from zk0.evaluation import describe_eval, evaluate_all
+from zk0.evaluation import describe_eval, evaluate_all, evaluation_setup
 from zk0.policy import (
-    build_policy,
     export_pretrained,
     frozen_fingerprint,
     load_trainable_state,
     resolve_device,
     trainable_state,
 )
-from zk0.sources import check_same_layout, demo_root, open_source
 from zk0.transport import GRPC_OPTIONS, is_loopback, server_credentials
 from zk0.v1 import federation_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+
+BEST_DIR = "best"
 
 
 @dataclass
@@ -47,6 +47,7 @@ class ServerOptions:
     insecure: bool = False
     device: str = "auto"
     workers: int = 16
+    push_to_hub: str | None = None
 
     def check(self) -> None:
         tls = self.tls_cert is not None or self.tls_key is not None
@@ -65,6 +66,8 @@ class ServerOptions:
 class CoordinatorServer:
     def __init__(self, config: Config, run_dir: Path, options: ServerOptions) -> None:
         options.check()
+        if options.push_to_hub:
+            hub.check_can_push(options.push_to_hub)  # before any training, not after
         self.config = config
         self.options = options
         self.tokens = read_tokens(options.tokens) if options.tokens else None
@@ -75,49 +78,84 @@ class CoordinatorServer:
 
     def _prepare(self, run_dir: Path) -> None:
         config = self.config
-        if not config.data.eval:
-            raise Zk0Error("data.eval: the coordinator needs at least one evaluation dataset")
-        eval_sources = [open_source(spec, config) for spec in config.data.eval]
-        check_same_layout(eval_sources)
-        self.store, resumed = RunStore.open(run_dir, config)
-        torch.manual_seed(config.seed)  # the tiny demo's frozen backbone is this seed's random init
-        first = eval_sources[0].meta
-        self.bundle = build_policy(
-            config.model, first, first.stats, device=self.device, demo_root=demo_root(config)
-        )
-        delta = resolve_delta_timestamps(self.bundle.policy.config, first)
-        self.eval_sets = {
-            s.name: open_dataset(s.ref, episodes=None, delta_timestamps=delta) for s in eval_sources
+        self.bundle, self.eval_sets = evaluation_setup(config, device=self.device)
+        self.eval_descriptions = {
+            name: {
+                "repo_id": d.meta.repo_id,
+                "episodes": d.meta.total_episodes,
+                "frames": d.meta.total_frames,
+            }
+            for name, d in self.eval_sets.items()
         }
+        self.store, resumed = RunStore.open(run_dir, config)
         initial = trainable_state(self.bundle.policy)
         self.coordinator = Coordinator(config, self.store, Manifest.of(initial))
+        self.base_mu, self.base_lr = config.federation.round_mu, config.train.lr
         completed = self.store.completed() if resumed else None
         if completed is None:
             data = encode_state(initial)
             version = self.store.save_global(0, data)
             self.coordinator.set_global(0, data, version)
-            self._record(0, {"round": 0, "version": version})
+            self._after_round(0, {"round": 0, "version": version})
         else:
             round_idx, version, data = completed
             self.coordinator.set_global(round_idx, data, version)
             load_trainable_state(self.bundle.policy, self.coordinator.global_state())
             log.info("resuming %s after round %d (global model %s)", self.store.path, round_idx, version[:12])
+            self._apply(self._decide(self.store.run.read_metrics()), round_idx)
         self.service = FederationService(
             self.coordinator,
             tokens=self.tokens,
             config_toml=config_to_toml(config),
             frozen_sha256=frozen_fingerprint(self.bundle.policy),
+            require_cert_name=self.options.tls_client_ca is not None,
         )
 
-    def _record(self, round_idx: int, entry: dict) -> None:
+    def _after_round(self, round_idx: int, entry: dict) -> None:
+        """Evaluate the new global model (when due), keep it if best, decide the next round's
+        hyperparameters from the whole history, record everything, and apply the decision."""
         if self.config.eval.due(round_idx, self.config.federation.rounds):
             entry["eval"] = evaluate_all(self.bundle, self.eval_sets, self.config.eval)
             log.info("round %d: %s", round_idx, describe_eval(entry))
+            loss = entry["eval"]["composite"]["loss"]
+            best = self.store.best()
+            if best is None or loss < best[0]["loss"]:
+                self.store.save_best(round_idx, entry["version"], loss)
+        best = self.store.best()
+        if best is not None:
+            entry["best"] = best[0]
+        decision = self._decide([*self.store.run.read_metrics(), entry])
+        if self.adaptive_on:
+            entry["adaptive"] = decision.to_metrics()
+            for rule in decision.rules:
+                log.info("round %d: %s", round_idx, rule)
         self.store.run.record(entry, step=round_idx)
+        write_charts(self.store.run.read_metrics(), self.store.path)
+        self._apply(decision, round_idx)
+
+    @property
+    def adaptive_on(self) -> bool:
+        a = self.config.adaptive
+        return a.mu_dynamic or a.lr_adjust or a.lr_boost or a.spike_guard
+
+    def _decide(self, entries: list[dict]) -> Decision:
+        records = records_from_metrics(entries, base_mu=self.base_mu, base_lr=self.base_lr)
+        return decide(records, self.config.adaptive, base_mu=self.base_mu, base_lr=self.base_lr)
+
+    def _apply(self, decision: Decision, round_idx: int) -> None:
+        self.coordinator.set_plan(decision)
+        best = self.store.best()
+        if decision.rollback and best is not None and best[0]["version"] != self.coordinator.global_version:
+            record, data = best
+            log.warning(
+                "round %d: spike guard rolls back to the best model (round %d)", round_idx, record["round"]
+            )
+            self.coordinator.set_global(round_idx, data, record["version"])
+            load_trainable_state(self.bundle.policy, self.coordinator.global_state())
 
     def _on_round(self, round_idx: int, state: RoundState, entry: dict) -> None:
         load_trainable_state(self.bundle.policy, self.coordinator.global_state())
-        self._record(round_idx, entry)
+        self._after_round(round_idx, entry)
 
     def start(self) -> int:
         self.server = grpc.server(
@@ -146,12 +184,40 @@ class CoordinatorServer:
         )
         return self.port
 
+    def _finish_run(self) -> None:
+        """Export the last and the best global models with a model card, and push when asked to."""
+        run = self.store.run
+        entries = run.read_metrics()
+        export_pretrained(self.bundle, run.final_dir)
+        best = self.store.best()
+        if best is not None:
+            record, data = best
+            load_trainable_state(self.bundle.policy, decode_state(data))
+            export_pretrained(self.bundle, run.path / BEST_DIR)
+            load_trainable_state(self.bundle.policy, self.coordinator.global_state())
+        card = model_card(
+            config_toml=config_to_toml(self.config),
+            entries=entries,
+            participants=self.store.participants(),
+            eval_datasets=self.eval_descriptions,
+            base_model=self.config.model.source,
+            final_version=self.coordinator.global_version,
+            best=best[0] if best else None,
+        )
+        (run.final_dir / "README.md").write_text(card)
+        write_charts(entries, run.path)
+        log.info("run complete: final model in %s, best in %s", run.final_dir, run.path / BEST_DIR)
+        if self.options.push_to_hub:
+            url = hub.push_folder(run.final_dir, self.options.push_to_hub)
+            log.info("pushed %s to %s", run.final_dir, url)
+
     def _drive(self) -> None:
         try:
-            self.coordinator.run(self.stop_event, self._on_round)
+            self.coordinator.run(
+                self.stop_event, self._on_round, lambda r, entry: self.store.run.record(entry, step=r)
+            )
             if not self.stop_event.is_set():
-                export_pretrained(self.bundle, self.store.run.final_dir)
-                log.info("run complete: final model in %s", self.store.run.final_dir)
+                self._finish_run()
         except BaseException as e:  # noqa: BLE001 - handed to the thread that waits, which re-raises it
             self.error = e
             log.error("coordinator stopped: %s", e)

@@ -9,7 +9,6 @@ from pathlib import Path
 import grpc
 
 from coordinator.rounds import Coordinator
-from zk0.codec import iter_chunks
 from zk0.errors import Zk0Error
 from zk0.transport import TOKEN_METADATA_KEY, TOKEN_PREFIX
 from zk0.v1 import federation_pb2 as pb
@@ -48,26 +47,41 @@ def read_tokens(path: Path) -> dict[str, str]:
 
 class FederationService(pb_grpc.FederationServicer):
     def __init__(
-        self, coordinator: Coordinator, *, tokens: dict[str, str] | None, config_toml: str, frozen_sha256: str
+        self,
+        coordinator: Coordinator,
+        *,
+        tokens: dict[str, str] | None,
+        config_toml: str,
+        frozen_sha256: str,
+        require_cert_name: bool = False,
     ) -> None:
         self.coordinator = coordinator
         self.tokens = tokens
+        self.require_cert_name = require_cert_name
         self.config_toml = config_toml
         self.frozen_sha256 = frozen_sha256
 
-    def _authorize(self, context: grpc.ServicerContext, name: str) -> None:
-        """With a tokens file, the call's token must exist and belong to the participant it claims to be."""
+    def _authorize(self, context: grpc.ServicerContext, name: str | None) -> None:
+        """With a tokens file, the call's token must exist and belong to the participant it claims to be
+        (`name` None: any participant's); under mutual TLS the certificate's common name must be the name."""
+        if self.require_cert_name and name is not None:
+            names = [cn.decode() for cn in context.auth_context().get("x509_common_name", [])]
+            if name not in names:
+                log.warning("refused a call from %s: certificate %s used as %r", context.peer(), names, name)
+                context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED, f"your certificate is not participant {name}'s"
+                )
         if self.tokens is None:
             return
         value = dict(context.invocation_metadata()).get(TOKEN_METADATA_KEY, "")
         if not value.startswith(TOKEN_PREFIX):
-            log.warning("refused a call from %s claiming %r: no token", context.peer(), name)
+            log.warning("refused a call from %s claiming %s: no token", context.peer(), _claim(name))
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "no token: pass --token")
         owner = self.tokens.get(value.removeprefix(TOKEN_PREFIX))
         if owner is None:
-            log.warning("refused a call from %s claiming %r: unknown token", context.peer(), name)
+            log.warning("refused a call from %s claiming %s: unknown token", context.peer(), _claim(name))
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown token")
-        if owner != name:
+        if name is not None and owner != name:
             log.warning("refused a call from %s: token of %s used as %r", context.peer(), owner, name)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"this token belongs to participant {owner}")
 
@@ -141,25 +155,27 @@ class FederationService(pb_grpc.FederationServicer):
         name = request.participant_id
         self._authorize(context, name)
         try:
-            data = self.coordinator.model_bytes(request.version)
+            model = self.coordinator.model_file(request.version)
         except KeyError:
             context.abort(
                 grpc.StatusCode.NOT_FOUND, f"version {request.version[:12]} is not the global model"
             )
-        if not 0 <= request.offset <= len(data):
-            context.abort(grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} outside {len(data)} bytes")
+        size = model.size
+        if not 0 <= request.offset <= size:
+            context.abort(grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} outside {size} bytes")
         yield pb.DownloadModelResponse(
             info=pb.ModelInfo(
-                version=request.version, size=len(data), manifest=self.coordinator.manifest.to_proto()
+                version=request.version, size=size, manifest=self.coordinator.manifest.to_proto()
             )
         )
-        for offset, view in iter_chunks(data, self.coordinator.chunk_bytes, start=request.offset):
-            yield pb.DownloadModelResponse(chunk=pb.Chunk(offset=offset, data=bytes(view)))
-            self.coordinator.count_download(name, len(view))
+        for message, length in model.chunks(request.offset):  # read from the model's file
+            yield message
+            self.coordinator.count_download(name, length)
 
     def UploadUpdate(
         self, request_iterator: Iterator[pb.UploadUpdateRequest], context: grpc.ServicerContext
     ) -> pb.UploadUpdateResponse:
+        self._authorize(context, None)  # before reading anything from an unknown caller
         first = next(request_iterator, None)
         if first is None or not first.HasField("header"):
             return _refused(Refusal.BAD_HEADER, "the first message of an upload must be its header")
@@ -187,6 +203,10 @@ class FederationService(pb_grpc.FederationServicer):
             request.participant_id, request.round, request.version, dict(request.metrics)
         )
         return pb.ReportEvaluationResponse(recorded=not problem, reason=problem)
+
+
+def _claim(name: str | None) -> str:
+    return repr(name) if name is not None else "an upload"
 
 
 def _refused(refusal: Refusal, reason: str) -> pb.UploadUpdateResponse:

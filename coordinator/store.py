@@ -3,6 +3,7 @@
 Layout (beside RunDir's config.toml, metrics.jsonl, tensorboard/, final/):
     models/round-0003.safetensors       global trainable state after round 3 (round 0: the initial model)
     state.json                          {"completed_round": 3, "version": sha256, "size": bytes}
+    models/best.safetensors, best.json  the best global model so far by composite evaluation loss
     updates/round-0004/NAME.safetensors an accepted (verified, validated) update of the round in progress
     updates/round-0004/accepted.jsonl   their headers, one per line, written after the file is in place
 
@@ -14,16 +15,22 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
-from zk0.codec import sha256_hex, write_atomic
+import torch
+
+from zk0.codec import sha256_hex, write_atomic, write_state_atomic
 from zk0.config import Config, config_to_toml
 from zk0.errors import Zk0Error
 from zk0.rundir import CONFIG_FILE, METRICS_FILE, RunDir
 from zk0.validation import UpdateHeader
 
 STATE_FILE = "state.json"
+BEST_FILE = "best.json"
+PARTICIPANTS_FILE = "participants.json"
+BEST_MODEL = "best.safetensors"
 ACCEPTED_FILE = "accepted.jsonl"
 
 
@@ -69,9 +76,19 @@ class RunStore:
         """Persist the global model of a completed round, then mark the round completed."""
         version = sha256_hex(data)
         write_atomic(self.model_path(round_idx), data)
-        state = {"completed_round": round_idx, "version": version, "size": len(data)}
-        write_atomic(self.path / STATE_FILE, (json.dumps(state) + "\n").encode())
+        self.mark_completed(round_idx, version, len(data))
         return version
+
+    def write_global(self, round_idx: int, state: Mapping[str, torch.Tensor]) -> Path:
+        """Persist a round's global model from its tensors (streamed to disk, never encoded in memory);
+        the round counts as completed only once `mark_completed` records the file's hash."""
+        path = self.model_path(round_idx)
+        write_state_atomic(path, state)
+        return path
+
+    def mark_completed(self, round_idx: int, version: str, size: int) -> None:
+        state = {"completed_round": round_idx, "version": version, "size": size}
+        write_atomic(self.path / STATE_FILE, (json.dumps(state) + "\n").encode())
 
     def completed(self) -> tuple[int, str, bytes] | None:
         """(round, version, bytes) of the last completed round, bytes checked against the recorded hash."""
@@ -87,6 +104,34 @@ class RunStore:
                 "the run directory is damaged"
             )
         return round_idx, version, data
+
+    def save_best(self, round_idx: int, version: str, loss: float) -> dict:
+        """Keep the best global model so far (by composite evaluation loss) beside the per-round ones."""
+        write_atomic(self.path / "models" / BEST_MODEL, self.model_path(round_idx).read_bytes())
+        best = {"round": round_idx, "version": version, "loss": loss}
+        write_atomic(self.path / BEST_FILE, (json.dumps(best) + "\n").encode())
+        return best
+
+    def best(self) -> tuple[dict, bytes] | None:
+        """The best model's record and bytes, checked against its recorded hash."""
+        if not (self.path / BEST_FILE).exists():
+            return None
+        best = json.loads((self.path / BEST_FILE).read_text())
+        data = (self.path / "models" / BEST_MODEL).read_bytes()
+        if sha256_hex(data) != best["version"]:
+            raise Zk0Error(f"models/{BEST_MODEL} does not match {BEST_FILE}; the run directory is damaged")
+        return best, data
+
+    def record_participant(self, name: str, dataset: dict) -> None:
+        """Who took part with which dataset (its description, never its data), for the model card."""
+        known = self.participants()
+        if known.get(name) != dataset:
+            known[name] = dataset
+            write_atomic(self.path / PARTICIPANTS_FILE, (json.dumps(known, indent=1) + "\n").encode())
+
+    def participants(self) -> dict[str, dict]:
+        path = self.path / PARTICIPANTS_FILE
+        return json.loads(path.read_text()) if path.exists() else {}
 
     def record_accepted(self, round_idx: int, header: UpdateHeader) -> None:
         line = json.dumps({**asdict(header), "metrics": dict(header.metrics)}, sort_keys=True)

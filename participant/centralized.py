@@ -1,7 +1,8 @@
 """The centralized baseline: the participant's trainer on the union of every participant's data.
 
-It uses the federated run's step budget (rounds x participants x local_steps optimizer steps, in rounds of
-participants x local_steps with the LR schedule restarting each round), so the two compare like with like.
+It uses a federated run's budget: the same samples (batches of participants x batch_size) over the same
+optimizer steps (rounds x local_steps, in rounds of local_steps with the LR schedule restarting each round),
+so the two compare like with like: every participant of a federated run steps in parallel with the others.
 """
 
 from __future__ import annotations
@@ -49,13 +50,15 @@ def run_centralized(config: Config, run_dir: Path, *, progress: bool = True) -> 
     eval_sets = {s.name: open_dataset(s.ref, episodes=None, delta_timestamps=delta) for s in eval_sources}
 
     datamodule = LeRobotDataModule(
-        ConcatDataset(train_sets), batch_size=config.train.batch_size, num_workers=config.data.num_workers
+        ConcatDataset(train_sets),
+        batch_size=config.train.batch_size * len(sources),
+        num_workers=config.data.num_workers,
     )
     module = SmolVLAModule(bundle, config.train, source="centralized")
     trainer = LocalTrainer(
         module, datamodule, device=device, precision=config.train.precision, progress=progress
     )
-    steps_per_round = config.train.local_steps * len(sources)
+    steps_per_round = config.train.local_steps
     log.info(
         "centralized: %d datasets, %d training frames, %d rounds x %d steps on %s (%s)",
         len(sources),

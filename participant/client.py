@@ -139,6 +139,7 @@ class ParticipantClient:
         self.lease_s = 10.0
         self.stopped = threading.Event()
         self.need_join = threading.Event()
+        self.joined = threading.Event()
         self.rounds_done = 0
 
     def _channel(self) -> grpc.Channel:
@@ -179,6 +180,8 @@ class ParticipantClient:
 
     def _heartbeats(self) -> None:
         while not self.stopped.wait(self.lease_s / 3):
+            if not self.joined.is_set():
+                continue
             try:
                 reply = self.stub.Heartbeat(
                     pb.HeartbeatRequest(participant_id=self.options.name), metadata=self.metadata, timeout=10
@@ -203,6 +206,7 @@ class ParticipantClient:
             "join",
         )
         self.lease_s = reply.lease_seconds
+        self.joined.set()
         if self.runtime is None:
             config = load_config_text(reply.config_toml, f"the config sent by {o.coordinator}")
             source = open_source(o.dataset, config)
@@ -223,12 +227,12 @@ class ParticipantClient:
 
     def run(self) -> int:
         """Take part until the coordinator says the run is done; returns the number of rounds trained."""
-        self.join()
         beat = threading.Thread(
             target=self._heartbeats, name=f"zk0-heartbeat-{self.options.name}", daemon=True
         )
-        beat.start()
+        beat.start()  # before the first join's model build, which can outlast a lease
         try:
+            self.join()
             while True:
                 if self.need_join.is_set():
                     self.join()
@@ -338,7 +342,7 @@ class ParticipantClient:
                 RoundPlan(lr=hp.lr, mu=hp.mu, steps=hp.local_steps), seed=hp.seed
             )
             payload = encode_state(trainable_state(runtime.bundle.policy))
-        metrics = result.as_dict()
+        metrics = {**result.as_dict(), "mu": hp.mu, "lr": hp.lr}  # what we were sent, for the record
         header = pb.UpdateHeader(
             participant_id=name,
             round=task.round,

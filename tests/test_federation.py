@@ -208,3 +208,34 @@ def free_port() -> int:
 def test_console_scripts_exist(flag):
     for script in ("zk0-coordinator", "zk0-participant"):
         assert subprocess.run([str(BIN / script), flag], capture_output=True).returncode == 0
+
+
+def test_adaptive_rules_change_what_participants_receive(demo_root, tmp_path):
+    config = small_config(
+        demo_root,
+        "federation.rounds=2",
+        "adaptive.mu_dynamic=true",
+        "adaptive.mu_spread_threshold=1e-9",  # any spread at all raises mu
+        "adaptive.mu_factor=3.0",
+        "adaptive.lr_boost=true",
+        "adaptive.boost_k=1.0",  # anyone above the mean loss is boosted
+        "adaptive.boost_factor=2.0",
+        "adaptive.lr_max=0.01",
+    )
+    history = simulate(config, tmp_path / "run", device="cpu", progress=False)
+    first, second = history[1], history[2]
+    base_mu, base_lr = config.federation.mu, config.train.lr
+    for update in first["updates"].values():
+        assert update["mu"] == base_mu and update["lr"] == base_lr
+    assert first["adaptive"]["mu"] == pytest.approx(3 * base_mu)
+    assert any("dynamic mu" in rule for rule in first["adaptive"]["adaptive_rules"])
+    boosted = first["adaptive"]["lr_per_participant"]
+    losses = {n: u["policy_loss"] for n, u in first["updates"].items()}
+    mean = sum(losses.values()) / len(losses)
+    assert boosted and set(boosted) == {n for n, loss in losses.items() if loss > mean}
+    for name, update in second["updates"].items():
+        assert update["mu"] == pytest.approx(3 * base_mu)
+        expected_lr = 2 * base_lr if name in boosted else base_lr
+        assert update["lr"] == pytest.approx(expected_lr)
+        assert update["lr_first"] == pytest.approx(expected_lr)  # the optimizer really started there
+    assert second["hyperparameters"]["mu"] == pytest.approx(3 * base_mu)

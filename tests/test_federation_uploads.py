@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from coordinator.server import CoordinatorServer, ServerOptions
-from participant.client import DOWNLOAD_ATTEMPTS, ClientOptions, ParticipantClient
+from participant.client import DOWNLOAD_ATTEMPTS, ClientOptions, ParticipantClient, describe
 from zk0.codec import Manifest, decode_state, encode_state, iter_chunks, sha256_hex
 from zk0.config import load_config
 from zk0.errors import Zk0Error
@@ -110,10 +110,11 @@ class Rogue:
 
     def __init__(self, name: str, port: int, ready: threading.Event) -> None:
         self.name = name
-        self.make, self.round_offset, self.expected = ROGUES[name]
+        self.make, self.round_offset, _ = ROGUES[name]
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS)
         self.stub = pb_grpc.FederationStub(self.channel)
         self.ready = ready
+        self.dataset = pb.DatasetDescription()  # set before `ready`: a full description, like a real one's
         self.stop = threading.Event()
         self.reply: pb.UploadUpdateResponse | None = None
         self.error: BaseException | None = None
@@ -144,7 +145,7 @@ class Rogue:
     def _take_part(self) -> None:
         assert self.ready.wait(120), "the honest participants never became ready"
         self.stub.Join(
-            pb.JoinRequest(participant_name=self.name, dataset=pb.DatasetDescription(repo_id="rogue")),
+            pb.JoinRequest(participant_name=self.name, dataset=self.dataset),
             timeout=10,
         )
         threading.Thread(target=self._heartbeats, name=f"test-{self.name}-hb", daemon=True).start()
@@ -259,6 +260,8 @@ def test_flawed_uploads_are_refused_and_the_round_completes_from_the_others(demo
         rogue.thread.start()
     try:
         wait_until_in_loop(server, clients)
+        for rogue in rogues.values():
+            rogue.dataset = describe(clients["honest-a"].runtime.source, "demo:p0")
         ready.set()
         server.wait(timeout=ROUND_TIMEOUT_S + 60)
     finally:

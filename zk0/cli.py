@@ -36,8 +36,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device", help="device for every participant and the coordinator (default: train.device)"
     )
+    p.add_argument("--push-to-hub", metavar="REPO", help="upload final/ to this hub model repo at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser(
+        "compare",
+        help="federated (FedAvg, FedProx) vs centralized vs each participant alone, equal step budgets",
+    )
+    add_config_args(p)
+    p.add_argument(
+        "--out", type=Path, help="where to write the runs and the table (default: runs/compare-<time>)"
+    )
+    p.add_argument("--device", help="device for every run (default: train.device)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo-data", help="generate the embedded demo's tiny VLM assets and datasets")
     add_config_args(p)
@@ -63,7 +76,9 @@ def cmd_centralized(args: argparse.Namespace) -> int:
     return 0
 
 
-def simulate(config, run_dir: Path, *, device: str, progress: bool) -> list[dict]:
+def simulate(
+    config, run_dir: Path, *, device: str, progress: bool, push_to_hub: str | None = None
+) -> list[dict]:
     """The coordinator's gRPC server on 127.0.0.1 (ephemeral port) and one participant client per configured
     dataset, each in a thread of this process, training one after another on the one device."""
     import logging
@@ -72,7 +87,8 @@ def simulate(config, run_dir: Path, *, device: str, progress: bool) -> list[dict
     from coordinator.server import CoordinatorServer, ServerOptions
     from participant.client import ClientOptions, ParticipantClient, participant_name
 
-    server = CoordinatorServer(config, run_dir, ServerOptions(host="127.0.0.1", insecure=True, device=device))
+    options = ServerOptions(host="127.0.0.1", insecure=True, device=device, push_to_hub=push_to_hub)
+    server = CoordinatorServer(config, run_dir, options)
     port = server.start()
     train_lock = threading.Lock()
     errors: list[BaseException] = []
@@ -117,8 +133,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     quiet_libraries()
     config = load_config(args.config, args.overrides)
     run_dir = args.run_dir or default_run_dir("simulate")
+    device = args.device or config.train.device
     history = simulate(
-        config, run_dir, device=args.device or config.train.device, progress=not args.no_progress
+        config, run_dir, device=device, progress=not args.no_progress, push_to_hub=args.push_to_hub
     )
     print_eval_table(history)
     print(f"run directory: {run_dir}")
@@ -136,6 +153,73 @@ def print_eval_table(history: list[dict]) -> None:
         mae = ev["composite"].get("action_mae", float("nan"))
         per = "  ".join(f"{ev['datasets'][n]['loss']:>12.4f}" for n in names)
         print(f"  {entry['round']:>5}  {ev['composite']['loss']:>9.4f}  {mae:>10.4f}  {per}")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from participant.centralized import run_centralized
+    from zk0.compare import Row, score, table, trainable_from, verdict
+    from zk0.config import load_config
+    from zk0.errors import Zk0Error
+    from zk0.evaluation import evaluation_setup
+    from zk0.policy import resolve_device, trainable_state
+
+    quiet_libraries()
+    config = load_config(args.config, args.overrides)
+    out = args.out or default_run_dir("compare")
+    if (out / "compare.json").exists():
+        raise Zk0Error(f"{out} already holds a comparison; choose another --out")
+    device = resolve_device(args.device or config.train.device)
+    progress = not args.no_progress
+    fed, steps = config.federation, config.train.local_steps * config.train.batch_size  # samples/round
+    participants = len(config.data.participants)
+
+    def variant(*overrides: str):
+        return load_config(args.config, [*args.overrides, *overrides])
+
+    bundle, eval_sets = evaluation_setup(config, device=device)
+    rows = [
+        score(
+            Row("initial model", "initial", 0), trainable_state(bundle.policy), bundle, eval_sets, config.eval
+        )
+    ]
+    for strategy in ("fedavg", "fedprox"):
+        run = out / strategy
+        history = simulate(
+            variant(f'federation.strategy="{strategy}"'), run, device=device, progress=progress
+        )
+        last = max(e["round"] for e in history if "version" in e)
+        state = trainable_from(run / "models" / f"round-{last:04d}.safetensors", bundle.policy)
+        row = Row(f"federated {strategy}", "federated", participants * fed.rounds * steps)
+        rows.append(score(row, state, bundle, eval_sets, config.eval))
+    run_centralized(config, out / "centralized", progress=progress)
+    state = trainable_from(out / "centralized" / "final" / "model.safetensors", bundle.policy)
+    row = Row("centralized", "centralized", participants * fed.rounds * steps)
+    rows.append(score(row, state, bundle, eval_sets, config.eval))
+    for spec in config.data.participants:
+        name = spec.removeprefix("demo:").rstrip("/").rsplit("/", 1)[-1]
+        run = out / f"local-{name}"
+        run_centralized(variant(f'data.participants=["{spec}"]'), run, progress=progress)
+        state = trainable_from(run / "final" / "model.safetensors", bundle.policy)
+        rows.append(
+            score(Row(f"{name} alone", "local", fed.rounds * steps), state, bundle, eval_sets, config.eval)
+        )
+
+    checks = verdict(rows)
+    report = (
+        table(rows) + "\n\n" + "\n".join(f"- [{'x' if ok else ' '}] {text}" for ok, text in checks) + "\n"
+    )
+    (out / "compare.md").write_text(report)
+    (out / "compare.json").write_text(
+        json.dumps(
+            {"rows": [vars(r) for r in rows], "checks": [{"held": ok, "check": t} for ok, t in checks]},
+            indent=2,
+        )
+    )
+    print("\n" + report)
+    print(f"written to {out / 'compare.md'}")
+    return 0
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:

@@ -7,9 +7,11 @@ with a `PayloadRejected` whose reason says exactly what was wrong.
 """
 
 import hashlib
+import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,7 +22,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
+from safetensors.torch import save_file as _st_save_file
 
+from zk0.errors import Zk0Error
 from zk0.v1 import federation_pb2 as pb
 
 # safetensors dtype codes -> torch dtypes; the manifest names dtypes the way torch does ("bfloat16").
@@ -181,6 +185,34 @@ def encode_state(state: Mapping[str, torch.Tensor]) -> bytes:
     Tensors that share storage (tied weights) are cloned, since safetensors refuses aliases and each name
     must travel with its own values.
     """
+    return _st_save(_prepared(state))
+
+
+def write_state_atomic(path: Path, state: Mapping[str, torch.Tensor]) -> None:
+    """Write exactly the bytes `encode_state(state)` returns to `path`, as `write_atomic` does.
+
+    safetensors writes the file tensor by tensor, so no payload-sized buffer is built in memory (encoding
+    to bytes first costs two payloads' worth at its peak).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.close(fd)
+        _st_save_file(_prepared(state), tmp)
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _prepared(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     prepared: dict[str, torch.Tensor] = {}
     seen_storages: set[int] = set()
     for name in sorted(state):
@@ -190,7 +222,7 @@ def encode_state(state: Mapping[str, torch.Tensor]) -> bytes:
             tensor = tensor.clone()
         seen_storages.add(tensor.untyped_storage().data_ptr())
         prepared[name] = tensor
-    return _st_save(prepared)
+    return prepared
 
 
 def decode_state(data: bytes) -> dict[str, torch.Tensor]:
@@ -200,6 +232,45 @@ def decode_state(data: bytes) -> dict[str, torch.Tensor]:
     except SafetensorError as err:
         raise PayloadRejected(f"not a valid safetensors payload: {err}") from err
     return {name: loaded[name] for name in sorted(loaded)}
+
+
+def _layout(
+    read: Callable[[int, int], bytes], size: int
+) -> tuple[int, dict[str, tuple[torch.dtype, tuple[int, ...], int, int]]]:
+    """A safetensors payload's data start and {name: (dtype, shape, start, end)}, offsets from that start."""
+    if size < 8:
+        raise PayloadRejected(f"not a valid safetensors payload: {size} bytes")
+    length = int.from_bytes(read(0, 8), "little")
+    if length > size - 8:
+        raise PayloadRejected(f"not a valid safetensors payload: header of {length} bytes in {size} bytes")
+    try:
+        header = json.loads(read(8, length))
+    except ValueError as err:
+        raise PayloadRejected(f"not a valid safetensors payload: header: {err}") from err
+    if not isinstance(header, dict):
+        raise PayloadRejected("not a valid safetensors payload: header is not an object")
+    base = 8 + length
+    layout = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+            shape = tuple(int(dim) for dim in info["shape"])
+            start, end = (int(offset) for offset in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise PayloadRejected(f"not a valid safetensors payload: tensor {name!r}: {err!r}") from err
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        if min(shape, default=0) < 0 or not 0 <= start <= end <= size - base:
+            raise PayloadRejected(f"not a valid safetensors payload: tensor {name!r} lies outside the data")
+        if end - start != numel * dtype.itemsize:
+            raise PayloadRejected(
+                f"not a valid safetensors payload: tensor {name!r}: {end - start} bytes for shape {shape}"
+            )
+        layout[name] = (dtype, shape, start, end)
+    return base, layout
 
 
 # ---------------------------------------------------------------------------------------- chunked transfer
@@ -216,6 +287,62 @@ def iter_chunks(
         raise ValueError(f"start offset {start} outside the payload of {len(view)} bytes")
     for offset in range(start, len(view), chunk_bytes):
         yield offset, view[offset : offset + chunk_bytes]
+
+
+class ModelFile:
+    """A model version served from its file: downloads read their chunks from the page cache with pread.
+
+    The coordinator keeps its global model on disk anyway (one file per round, never rewritten), so it
+    holds no copy in memory: its RSS stays flat whatever the model size, and a chunk costs one read and one
+    message per download. The version is the file's SHA-256, computed once when opening it. The descriptor
+    stays open until `close()` (or garbage collection), so a file unlinked meanwhile is still served whole.
+    """
+
+    def __init__(self, path: Path, chunk_bytes: int) -> None:
+        if chunk_bytes <= 0:
+            raise ValueError(f"chunk_bytes must be > 0, got {chunk_bytes}")
+        self.path = Path(path)
+        self.chunk_bytes = chunk_bytes
+        fd = os.open(self.path, os.O_RDONLY)
+        self._closer = weakref.finalize(self, os.close, fd)
+        self._fd = fd
+        digest = hashlib.sha256()
+        self.size = 0
+        while piece := os.pread(fd, chunk_bytes, self.size):
+            digest.update(piece)
+            self.size += len(piece)
+        self.version = digest.hexdigest()
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset + length) of the payload (fewer at its end)."""
+        pieces = []
+        end = min(self.size, offset + length)
+        while offset < end:
+            piece = os.pread(self._fd, end - offset, offset)
+            if not piece:
+                raise Zk0Error(f"{self.path} is shorter than the {self.size} bytes it had when opened")
+            pieces.append(piece)
+            offset += len(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def read_bytes(self) -> bytes:
+        return self.read(0, self.size)
+
+    def chunks(self, start: int = 0) -> Iterator[tuple[pb.DownloadModelResponse, int]]:
+        """(message, data length) for each chunk from byte `start` on, cut as `iter_chunks` cuts them."""
+        if not 0 <= start <= self.size:
+            raise ValueError(f"start offset {start} outside the payload of {self.size} bytes")
+        for offset in range(start, self.size, self.chunk_bytes):
+            response = pb.DownloadModelResponse()
+            response.chunk.offset = offset
+            response.chunk.data = data = self.read(offset, self.chunk_bytes)
+            yield response, len(data)
+
+    def close(self) -> None:
+        self._closer()
 
 
 class _Receiver:
@@ -394,16 +521,27 @@ class SpoolReader(Mapping[str, torch.Tensor]):
     """A safetensors file on disk seen as a read-only mapping that loads one tensor per lookup.
 
     Aggregation and validation walk a spooled update through this, so their memory holds one tensor of
-    the update at a time, not the whole update. Metadata (`manifest()`) never loads tensor data.
+    the update at a time, not the whole update. Metadata (`manifest()`) never loads tensor data. safetensors
+    checks the file's layout when it is opened; each lookup then reads its tensor's bytes with pread into a
+    fresh tensor, rather than through a memory map, whose touched pages would count in the process's RSS
+    until the reader closed (a whole update's worth per reader).
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._fd: int | None = None
         try:
             self._handle = safe_open(str(self.path), framework="pt", device="cpu")
             self._names = tuple(sorted(self._handle.keys()))
         except SafetensorError as err:
             raise PayloadRejected(f"not a valid safetensors payload: {err}") from err
+        self._fd = fd = os.open(self.path, os.O_RDONLY)
+        try:
+            read = lambda offset, length: os.pread(fd, length, offset)  # noqa: E731
+            self._base, self._layout = _layout(read, os.fstat(fd).st_size)
+        except BaseException:
+            self.close()
+            raise
 
     def spec(self, name: str) -> TensorSpec:
         piece = self._handle.get_slice(name)
@@ -418,7 +556,21 @@ class SpoolReader(Mapping[str, torch.Tensor]):
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self._names:
             raise KeyError(name)
-        return self._handle.get_tensor(name)
+        spec = self.spec(name)
+        dtype, shape, start, end = self._layout[name]
+        if (dtype_name(dtype), shape) != (spec.dtype, spec.shape):
+            raise PayloadRejected(f"tensor {name!r}: the header's dtype and shape read two ways")
+        tensor = torch.empty(shape, dtype=dtype)
+        if end > start:
+            view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy()).cast("B")
+            done, offset = 0, self._base + start
+            while done < len(view):
+                assert self._fd is not None
+                count = os.preadv(self._fd, [view[done:]], offset + done)
+                if count == 0:
+                    raise PayloadRejected(f"tensor {name!r}: the file ends inside its data")
+                done += count
+        return tensor
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
@@ -430,8 +582,11 @@ class SpoolReader(Mapping[str, torch.Tensor]):
         return name in self._names
 
     def close(self) -> None:
-        """Release the file (the handle keeps it mapped until then)."""
+        """Release the file."""
         self._handle = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> Self:
         return self

@@ -74,10 +74,13 @@ class DemoConfig:
     seed: int = 0
     episodes: int = 8
     frames_per_episode: int = 60
+    # demo:eval draws its targets in the colours of p0..p{participants-1}: what their union can learn.
+    participants: int = 3
 
     def check(self) -> None:
         _positive("demo.episodes", self.episodes)
         _positive("demo.frames_per_episode", self.frames_per_episode)
+        _positive("demo.participants", self.participants)
 
 
 @dataclass

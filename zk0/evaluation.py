@@ -7,10 +7,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+from lerobot.datasets.factory import resolve_delta_timestamps
 from torch.utils.data import DataLoader, Dataset
 
-from zk0.config import EvalConfig
-from zk0.policy import PolicyBundle
+from zk0.config import Config, EvalConfig
+from zk0.data import open_dataset
+from zk0.errors import Zk0Error
+from zk0.policy import PolicyBundle, build_policy
+from zk0.sources import check_same_layout, demo_root, open_source
 
 
 @torch.no_grad()
@@ -111,3 +115,18 @@ def describe_eval(entry: Mapping) -> str:
         mae = f", action MAE {ev['composite']['action_mae']:.4f}" if "action_mae" in ev["composite"] else ""
         parts.append(f"{key} loss {ev['composite']['loss']:.4f} ({names}){mae}")
     return "; ".join(parts)
+
+
+def evaluation_setup(config: Config, *, device: str) -> tuple[PolicyBundle, dict[str, Dataset]]:
+    """The coordinator's evaluation policy and datasets: the config's seeded initial model (the round-0
+    global model), normalized with the first evaluation dataset's statistics."""
+    sources = [open_source(spec, config) for spec in config.data.eval]
+    if not sources:
+        raise Zk0Error("data.eval: at least one evaluation dataset is required")
+    check_same_layout(sources)
+    first = sources[0].meta
+    torch.manual_seed(config.seed)  # the tiny demo's frozen backbone and the initial expert come from it
+    bundle = build_policy(config.model, first, first.stats, device=device, demo_root=demo_root(config))
+    delta = resolve_delta_timestamps(bundle.policy.config, first)
+    datasets = {s.name: open_dataset(s.ref, episodes=None, delta_timestamps=delta) for s in sources}
+    return bundle, datasets

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+import httpx
+from huggingface_hub import HfApi, constants, get_session, get_token, snapshot_download
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    LocalTokenNotFoundError,
+    OfflineModeIsEnabled,
+)
+from huggingface_hub.utils import validate_repo_id
 
 from zk0.errors import Zk0Error
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+PROBE_TIMEOUT_S = 10.0
 
 
 def looks_like_hub_id(text: str) -> bool:
@@ -28,3 +38,100 @@ def fetch(repo_id: str, *, what: str, repo_type: str = "model") -> Path:
         ) from e
     except HfHubHTTPError as e:
         raise Zk0Error(f"{what} '{repo_id}': the Hugging Face hub refused the download ({e})") from e
+
+
+def _offline_by_env() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as set now, or as huggingface_hub read it at import."""
+    flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return flag.strip().upper() in {"1", "ON", "YES", "TRUE"} or constants.is_offline_mode()
+
+
+def _unreachable(repo_id: str, why: str) -> Zk0Error:
+    return Zk0Error(
+        f"--push-to-hub '{repo_id}': the Hugging Face hub is not reachable from here ({why}); "
+        f"--push-to-hub needs the hub reachable and a login (`hf auth login` or HF_TOKEN)"
+    )
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def check_can_push(repo_id: str) -> None:
+    """Fail with one line, before any training, unless `repo_id` is an owner/name id and the hub is reachable
+    with a login that it accepts."""
+    if not HUB_ID.match(repo_id):
+        raise Zk0Error(f"--push-to-hub '{repo_id}': not a Hugging Face hub repository id 'owner/name'")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise Zk0Error(f"--push-to-hub '{repo_id}': not a valid hub repository id ({_one_line(e)})") from e
+    if _offline_by_env():
+        raise _unreachable(repo_id, "HF_HUB_OFFLINE is set; unset it")
+    api = HfApi()
+    try:
+        token = get_token()
+        if token is None:
+            # Reachability first: on an offline machine "not reachable" is the news, not "log in".
+            get_session().head(constants.ENDPOINT, timeout=PROBE_TIMEOUT_S, follow_redirects=True)
+            raise Zk0Error(
+                f"--push-to-hub '{repo_id}': not logged in to the Hugging Face hub; "
+                f"run `hf auth login` or set HF_TOKEN to a token with write access"
+            )
+        user = api.whoami(token=token)
+    except OfflineModeIsEnabled as e:
+        raise _unreachable(repo_id, "offline mode is enabled") from e
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else None
+        if status == 401:
+            raise Zk0Error(
+                f"--push-to-hub '{repo_id}': the Hugging Face hub rejected the token (invalid or expired); "
+                f"run `hf auth login` or set HF_TOKEN to a token with write access"
+            ) from e
+        raise Zk0Error(
+            f"--push-to-hub '{repo_id}': the Hugging Face hub refused whoami ({_one_line(e)})"
+        ) from e
+    except httpx.TransportError as e:
+        raise _unreachable(repo_id, _one_line(e)) from e
+    role = ((user.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise Zk0Error(
+            f"--push-to-hub '{repo_id}': the Hugging Face token is read-only; "
+            f"log in with a token that has write access (`hf auth login` or HF_TOKEN)"
+        )
+    owner = repo_id.split("/")[0]
+    allowed = {user.get("name")} | {org.get("name") for org in user.get("orgs", []) if isinstance(org, dict)}
+    if owner not in allowed:
+        raise Zk0Error(
+            f"--push-to-hub '{repo_id}': logged in as '{user.get('name')}', which is neither '{owner}' "
+            f"nor one of its organizations ({', '.join(sorted(n for n in allowed if n)) or 'none'})"
+        )
+
+
+def push_folder(folder: Path, repo_id: str) -> str:
+    """Create `repo_id` (a model repository, kept if it exists), upload `folder` into it, return its URL."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise Zk0Error(f"--push-to-hub '{repo_id}': nothing to upload, {folder} is not a directory")
+    if _offline_by_env():
+        raise _unreachable(repo_id, "HF_HUB_OFFLINE is set; unset it")
+    api = HfApi()
+    try:
+        url = api.create_repo(repo_id, repo_type="model", exist_ok=True)
+        api.upload_folder(
+            folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message="zk0: federated run"
+        )
+    except OfflineModeIsEnabled as e:
+        raise _unreachable(repo_id, "offline mode is enabled") from e
+    except LocalTokenNotFoundError as e:
+        raise Zk0Error(
+            f"--push-to-hub '{repo_id}': not logged in to the Hugging Face hub; "
+            f"run `hf auth login` or set HF_TOKEN to a token with write access"
+        ) from e
+    except (HfHubHTTPError, HFValidationError) as e:
+        raise Zk0Error(
+            f"--push-to-hub '{repo_id}': the Hugging Face hub refused the upload ({_one_line(e)})"
+        ) from e
+    except httpx.TransportError as e:
+        raise _unreachable(repo_id, _one_line(e)) from e
+    return str(url)

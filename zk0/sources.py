@@ -3,7 +3,6 @@ metadata, validate it, and split each dataset into training and held-out episode
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,12 +29,6 @@ def demo_root(config: Config) -> Path:
     return Path(config.demo.root).expanduser()
 
 
-def demo_participants(config: Config) -> int:
-    """How many demo participants the config trains (demo:p0..pN-1): the eval set covers their colours."""
-    indices = [int(m.group(1)) for s in config.data.participants if (m := re.match(r"^demo:p(\d+)$", s))]
-    return max(indices, default=-1) + 1 or 1
-
-
 def open_source(spec: str, config: Config) -> Source:
     """Resolve, (generate,) load and validate one dataset; every problem is a Zk0Error naming it."""
     root = demo_root(config)
@@ -47,7 +40,7 @@ def open_source(spec: str, config: Config) -> Source:
             seed=config.demo.seed,
             episodes=config.demo.episodes,
             frames_per_episode=config.demo.frames_per_episode,
-            participants=demo_participants(config),
+            participants=config.demo.participants,
         )
     meta = load_metadata(ref)
     validate(

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from zk0.codec import Manifest, PayloadRejected, SpoolReader, is_sha256_hex
@@ -125,6 +126,26 @@ def _refuse_all(problems: list[str]) -> None:
     raise UpdateRejected(Refusal.BAD_TENSORS, listed + (f"; and {more} more" if more > 0 else ""))
 
 
+def _count_non_finite(tensor: torch.Tensor) -> int:
+    """NaN and Inf values in a float or complex tensor, counted in the calling thread.
+
+    numpy, not torch: torch starts an OpenMP team per calling thread, so updates validated at once in
+    several server threads oversubscribe the cores, and on a busy host every parallel region waits for a
+    descheduled helper (a 400 MB update took 5 s instead of 0.15 s on a loaded 2-core machine).
+    """
+    flat = tensor.reshape(-1)
+    if flat.dtype == torch.bfloat16:  # no numpy bfloat16: Inf and NaN are the all-ones exponents
+        exponent = np.int16(0x7F80)
+        return int(np.count_nonzero((flat.view(torch.int16).numpy() & exponent) == exponent))
+    try:
+        values = flat.numpy()
+    except TypeError:  # float8 and complex32 have no numpy dtype
+        if flat.element_size() == 1:  # float8: isfinite is not implemented for every variant
+            flat = flat.float()
+        return int(flat.numel() - torch.isfinite(flat).sum().item())
+    return int(values.size - np.count_nonzero(np.isfinite(values)))
+
+
 def validate_tensors(update: Mapping[str, torch.Tensor] | Path, manifest: Manifest) -> None:
     """Refuse tensors that differ from the manifest or hold NaN/Inf, naming every offending tensor.
 
@@ -162,9 +183,7 @@ def validate_tensors(update: Mapping[str, torch.Tensor] | Path, manifest: Manife
         tensor = state[spec.name]
         if not (tensor.is_floating_point() or tensor.is_complex()):
             continue
-        if tensor.element_size() == 1:  # float8: isfinite is not implemented for every variant
-            tensor = tensor.float()
-        bad = int(tensor.numel() - torch.isfinite(tensor).sum().item())
+        bad = _count_non_finite(tensor)
         if bad:
             noun = "value" if bad == 1 else "values"
             problems.append(f"tensor {spec.name!r}: {bad} non-finite {noun}")

@@ -1,0 +1,531 @@
+"""A federated run's reports, computed from its metrics.jsonl records only (no gRPC, no torch): the charts
+(evaluation loss per dataset and per participant; mu and lr per round) and the model card of final/.
+
+A round may appear more than once in metrics.jsonl (redone after a failed attempt, or resumed): the last
+entry with a "version" for a round wins, as in coordinator.adaptive.records_from_metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from zk0.hub import HUB_ID, looks_like_hub_id
+
+EVAL_CHART = "eval_loss.png"
+HYPERPARAMETERS_CHART = "hyperparameters.png"
+# No "Software" (matplotlib version) in the PNG: the same records give the same bytes.
+PNG_METADATA = {"Software": None}
+CARD_TAGS = ("lerobot", "smolvla", "robotics", "federated-learning")
+
+Entry = Mapping[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------- records
+
+
+def latest_rounds(entries: Iterable[Entry]) -> dict[int, Entry]:
+    """Round -> its last aggregated entry (one with a "version"), in round order."""
+    kept: dict[int, Entry] = {}
+    for entry in entries:
+        if "version" in entry and "round" in entry:
+            kept[int(entry["round"])] = entry
+    return dict(sorted(kept.items()))
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for what is absent, not a number, or not finite."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _metric(block: Any, key: str) -> float | None:
+    return _number(block.get(key)) if isinstance(block, Mapping) else None
+
+
+def eval_series(kept: Mapping[int, Entry], key: str) -> tuple[list[tuple[int, float]], dict]:
+    """(composite points, {dataset: points}) of one evaluation metric over the evaluated rounds."""
+    composite: list[tuple[int, float]] = []
+    datasets: dict[str, list[tuple[int, float]]] = {}
+    for round_idx, entry in kept.items():
+        evaluation = entry.get("eval")
+        if not isinstance(evaluation, Mapping):
+            continue
+        value = _metric(evaluation.get("composite"), key)
+        if value is not None:
+            composite.append((round_idx, value))
+        for name, metrics in sorted((evaluation.get("datasets") or {}).items()):
+            value = _metric(metrics, key)
+            if value is not None:
+                datasets.setdefault(name, []).append((round_idx, value))
+    return composite, datasets
+
+
+def participant_series(kept: Mapping[int, Entry], key: str) -> dict[str, list[tuple[int, float]]]:
+    """{participant: points}: round r's participant_eval measured the model the round started from, so it is
+    placed at the round that produced that model (found by base_version, which a rollback makes an earlier
+    best round; r - 1 when the entry has no base_version or names an unknown one)."""
+    round_of = {entry["version"]: round_idx for round_idx, entry in kept.items()}
+    series: dict[str, list[tuple[int, float]]] = {}
+    for round_idx, entry in kept.items():
+        reports = entry.get("participant_eval")
+        if round_idx < 1 or not isinstance(reports, Mapping):
+            continue
+        x = round_of.get(entry.get("base_version"), round_idx - 1)
+        for name, metrics in sorted(reports.items()):
+            value = _metric(metrics, key)
+            if value is not None:
+                series.setdefault(name, []).append((x, value))
+    return {name: sorted(points) for name, points in sorted(series.items())}
+
+
+def _redone_rounds(entries: Sequence[Entry], kept: Mapping[int, Entry]) -> list[int]:
+    """Rounds recorded more than once, or kept from an attempt after the first."""
+    seen: dict[int, int] = {}
+    for entry in entries:
+        if "round" in entry:
+            seen[int(entry["round"])] = seen.get(int(entry["round"]), 0) + 1
+    return sorted(r for r in kept if seen.get(r, 0) > 1 or int(kept[r].get("attempt", 1) or 1) > 1)
+
+
+def _best_record(entries: Sequence[Entry], kept: Mapping[int, Entry], best: Mapping | None) -> dict | None:
+    """The best model's record {"round", "version", "loss"}: as given, else the last one the run logged,
+    else the evaluated round with the lowest composite loss."""
+    if best:
+        return dict(best)
+    for entry in reversed(entries):
+        if isinstance(entry.get("best"), Mapping):
+            return dict(entry["best"])
+    composite, _ = eval_series(kept, "loss")
+    if not composite:
+        return None
+    round_idx, loss = min(composite, key=lambda point: (point[1], point[0]))
+    return {"round": round_idx, "version": kept[round_idx]["version"], "loss": loss}
+
+
+def _entry_of(entries: Sequence[Entry], kept: Mapping[int, Entry], version: str | None, round_idx) -> Entry:
+    """The evaluated entry of a model version (the last one recorded), else the kept entry of its round."""
+    if version:
+        for entry in reversed(entries):
+            if entry.get("version") == version and "eval" in entry:
+                return entry
+        for entry in reversed(entries):
+            if entry.get("version") == version:
+                return entry
+    if round_idx is not None and int(round_idx) in kept:
+        return kept[int(round_idx)]
+    return {}
+
+
+# ----------------------------------------------------------------------------------------------- charts
+
+
+def _plot(ax, points: Sequence[tuple[int, float]], **style) -> None:
+    if points:
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, **style)
+
+
+def _style_axes(ax, *, xlabel: str, ylabel: str, title: str, values: Sequence[float]) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    positive = [v for v in values if v > 0]
+    if positive and len(positive) == len(values) and max(positive) / min(positive) > 20:
+        ax.set_yscale("log")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small", loc="best")
+
+
+def _empty(ax, title: str, message: str) -> None:
+    ax.set_title(title)
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _eval_panel(ax, kept, redone: Sequence[int], key: str, label: str) -> bool:
+    """One metric's panel; False when there is nothing to plot."""
+    composite, datasets = eval_series(kept, key)
+    participants = participant_series(kept, key)
+    values = [v for points in (composite, *datasets.values(), *participants.values()) for _, v in points]
+    title = f"Evaluation {label} over rounds"
+    if not values:
+        _empty(ax, title, f"no {label} recorded")
+        return False
+    for name, points in datasets.items():
+        _plot(ax, points, marker="o", linewidth=1.2, label=f"global model on {name}")
+    _plot(ax, composite, marker="s", color="black", linewidth=2.2, label="global model, composite")
+    for name, points in participants.items():
+        _plot(ax, points, marker="^", linestyle="--", linewidth=1, alpha=0.8, label=f"{name} held-out (*)")
+    for i, round_idx in enumerate(redone):
+        ax.axvline(
+            round_idx, color="grey", linestyle=":", linewidth=1, label="redone round" if i == 0 else None
+        )
+    xlabel = "round (the global model after that round; round 0 = the base model)"
+    if participants:
+        xlabel += (
+            "\n(*) participant held-out loss of round r's starting model, plotted at r - 1 "
+            "(at the best round after a rollback)"
+        )
+    _style_axes(ax, xlabel=xlabel, ylabel=label, title=title, values=values)
+    return True
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, format="png", metadata=PNG_METADATA)
+    return path
+
+
+def write_charts(entries: Sequence[Entry], out_dir: Path) -> list[Path]:
+    """Write eval_loss.png and hyperparameters.png into `out_dir`; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = list(entries)
+    kept = latest_rounds(entries)
+    redone = _redone_rounds(entries, kept)
+
+    has_mae = bool(eval_series(kept, "action_mae")[0] or any(eval_series(kept, "action_mae")[1].values()))
+    has_mae = has_mae or any(participant_series(kept, "action_mae").values())
+    fig = Figure(figsize=(10, 9.5 if has_mae else 5.5), dpi=100, layout="constrained")
+    axes = fig.subplots(2 if has_mae else 1, 1, squeeze=False)[:, 0]
+    _eval_panel(axes[0], kept, redone, "loss", "loss")
+    if has_mae:
+        _eval_panel(axes[1], kept, redone, "action_mae", "action MAE")
+    fig.suptitle("zk0 federated run: evaluation")
+    paths = [_save(fig, out_dir / EVAL_CHART)]
+
+    fig = Figure(figsize=(10, 8), dpi=100, layout="constrained")
+    mu_ax, lr_ax = fig.subplots(2, 1, sharex=True)
+    trained = {
+        r: e["hyperparameters"] for r, e in kept.items() if isinstance(e.get("hyperparameters"), Mapping)
+    }
+    mu = [(r, v) for r, hp in trained.items() if (v := _number(hp.get("mu"))) is not None]
+    lr = [(r, v) for r, hp in trained.items() if (v := _number(hp.get("lr"))) is not None]
+    boosted: dict[str, list[tuple[int, float]]] = {}
+    for r, hp in trained.items():
+        for name, value in sorted((hp.get("lr_per_participant") or {}).items()):
+            if (value := _number(value)) is not None:
+                boosted.setdefault(name, []).append((r, value))
+    xlabel = "round (hyperparameters the participants trained with)"
+    if mu:
+        _plot(mu_ax, mu, marker="o", color="tab:blue", label="mu (FedProx proximal weight)")
+        _style_axes(mu_ax, xlabel=xlabel, ylabel="mu", title="Proximal weight mu per round", values=[])
+    else:
+        _empty(mu_ax, "Proximal weight mu per round", "no training round recorded")
+    if lr:
+        _plot(lr_ax, lr, marker="o", color="tab:orange", linewidth=2, label="server lr")
+        for name, points in sorted(boosted.items()):
+            _plot(lr_ax, points, marker="^", linestyle="--", label=f"boosted lr of {name}")
+        for r, entry in kept.items():
+            adaptive = entry.get("adaptive") or {}
+            if adaptive.get("rollback") or adaptive.get("hold"):
+                what = "rollback to the best model after" if adaptive.get("rollback") else "spike guard hold"
+                lr_ax.axvline(r, color="red", linestyle=":", linewidth=1, label=what)
+        _style_axes(lr_ax, xlabel=xlabel, ylabel="learning rate", title="Learning rate per round", values=[])
+        if all(v > 0 for _, v in lr) and all(v > 0 for p in boosted.values() for _, v in p):
+            lr_ax.set_yscale("log")
+    else:
+        _empty(lr_ax, "Learning rate per round", "no training round recorded")
+    fig.suptitle("zk0 federated run: hyperparameters")
+    paths.append(_save(fig, out_dir / HYPERPARAMETERS_CHART))
+    return paths
+
+
+# ------------------------------------------------------------------------------------------- model card
+
+
+def _fmt(value: Any) -> str:
+    number = _number(value)
+    if number is None:
+        return "–" if value is None else _cell(value)
+    if float(number).is_integer() and isinstance(value, int):
+        return str(int(number))
+    return f"{number:.4g}"
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += [
+        "| " + " | ".join(_fmt(v) if not isinstance(v, str) else _cell(v) for v in row) + " |" for row in rows
+    ]
+    return "\n".join(lines)
+
+
+def _features(features: Any) -> str:
+    if isinstance(features, Mapping):
+        return ", ".join(str(k) for k in features)
+    if isinstance(features, list | tuple):
+        return ", ".join(str(f.get("name", f)) if isinstance(f, Mapping) else str(f) for f in features)
+    return "" if features is None else str(features)
+
+
+def _eval_at(entry: Entry) -> Mapping:
+    evaluation = entry.get("eval")
+    return evaluation if isinstance(evaluation, Mapping) else {}
+
+
+def _front_matter(base_model: str, dataset_ids: Sequence[str]) -> str:
+    lines = ["---", "library_name: lerobot", "pipeline_tag: robotics", "tags:"]
+    lines += [f"- {tag}" for tag in CARD_TAGS]
+    if looks_like_hub_id(base_model):
+        lines.append(f"base_model: {json.dumps(base_model)}")
+    if dataset_ids:
+        lines.append("datasets:")
+        lines += [f"- {json.dumps(d)}" for d in dataset_ids]
+    lines.append("---")
+    return "\n".join(lines)
+
+
+def model_card(
+    *,
+    config_toml: str,
+    entries: Sequence[Entry],
+    participants: Mapping[str, Mapping[str, Any]],
+    eval_datasets: Mapping[str, Mapping[str, Any]],
+    base_model: str,
+    final_version: str,
+    best: Mapping[str, Any] | None,
+) -> str:
+    """The README.md of final/: hub front matter, what the model is, data, metrics, config, how to load it."""
+    entries = list(entries)
+    kept = latest_rounds(entries)
+    try:
+        config = tomllib.loads(config_toml)
+    except tomllib.TOMLDecodeError:
+        config = {}
+    federation = config.get("federation", {})
+    train = config.get("train", {})
+    strategy = str(federation.get("strategy", "fedprox"))
+    configured_mu = _number(federation.get("mu"))
+    trained = [e["hyperparameters"] for r, e in kept.items() if r > 0 and "hyperparameters" in e]
+    mus = [v for hp in trained if (v := _number(hp.get("mu"))) is not None]
+    lrs = [v for hp in trained if (v := _number(hp.get("lr"))) is not None]
+
+    final_entry = next((e for e in reversed(kept.values()) if e.get("version") == final_version), None)
+    final_round = int(final_entry["round"]) if final_entry else (max(kept) if kept else 0)
+    final_eval_round = max((r for r in kept if r <= final_round and _eval_at(kept[r])), default=None)
+    best_record = _best_record(entries, kept, best)
+    best_entry = _entry_of(
+        entries, kept, (best_record or {}).get("version"), (best_record or {}).get("round")
+    )
+    base_entry = kept.get(0, {})
+
+    names = sorted(set(participants) | {n for e in kept.values() for n in e.get("updates", {})})
+    contributed = {n: sum(n in e.get("updates", {}) for e in kept.values()) for n in names}
+    dataset_ids = sorted(
+        {str(d.get("repo_id")) for d in (*participants.values(), *eval_datasets.values()) if d.get("repo_id")}
+    )
+    dataset_ids = [d for d in dataset_ids if HUB_ID.match(d)]
+
+    if strategy == "fedprox":
+        how = "FedProx: each participant adds the proximal term mu/2 * ||w - w_global||^2 to its local loss"
+        mu_text = f"mu = {_fmt(configured_mu)}"
+        if mus and (min(mus) != max(mus) or (configured_mu is not None and mus[0] != configured_mu)):
+            mu_text += f" (adapted during the run: {_fmt(min(mus))} to {_fmt(max(mus))})"
+    else:
+        how = "FedAvg: participants train on their own loss only (mu = 0)"
+        mu_text = "mu = 0"
+    completed = max((r for r in kept if r > 0), default=0)
+    configured_rounds = federation.get("rounds")
+
+    out = [_front_matter(base_model, dataset_ids), ""]
+    out.append("# SmolVLA fine-tuned federatedly with zk0")
+    out.append("")
+    out.append(
+        f"A [SmolVLA](https://huggingface.co/docs/lerobot/smolvla) robot policy fine-tuned by federated "
+        f"learning with zk0: {len(names)} participant(s) trained it on their own datasets, which never left "
+        f"their machines, and a coordinator averaged their updates (weighted by sample count) over "
+        f"{completed} round(s). Strategy: {how}; {mu_text}."
+    )
+    out.append("")
+    summary = [
+        (
+            "Base model",
+            "a tiny SmolVLA built from scratch (zk0 demo)" if base_model == "tiny" else base_model,
+        ),
+        ("Strategy", f"{strategy}, {mu_text}"),
+        ("Rounds", f"{completed}" + (f" of {configured_rounds} configured" if configured_rounds else "")),
+        ("Participants", ", ".join(names) if names else "–"),
+        ("Local steps per round", _fmt(train.get("local_steps"))),
+        (
+            "Learning rate",
+            _fmt(train.get("lr"))
+            + (
+                f" (server lr per round: {_fmt(min(lrs))} to {_fmt(max(lrs))})"
+                if lrs and min(lrs) != max(lrs)
+                else ""
+            ),
+        ),
+        ("Final model", f"round {final_round}, version `{final_version}`"),
+    ]
+    if best_record:
+        summary.append(
+            ("Best model", f"round {best_record.get('round')}, version `{best_record.get('version')}`")
+        )
+    out.append(_table(["", ""], summary))
+    out.append("")
+
+    out.append("## Results")
+    out.append("")
+    out.append(
+        "Loss is SmolVLA's flow-matching training loss and action MAE the mean absolute error of the "
+        "predicted action chunk, both on held-out evaluation data; composite is the sample-weighted mean "
+        "over the evaluation datasets. Lower is better."
+    )
+    out.append("")
+    rows = []
+    if 0 in kept and _eval_at(base_entry):
+        c = _eval_at(base_entry).get("composite", {})
+        rows.append(("Base model (round 0)", 0, c.get("loss"), c.get("action_mae")))
+    if final_eval_round is not None:
+        c = _eval_at(kept[final_eval_round]).get("composite", {})
+        label = "Final" if final_eval_round == final_round else "Final (last evaluated round)"
+        rows.append((label, final_eval_round, c.get("loss"), c.get("action_mae")))
+    if best_record and _eval_at(best_entry):
+        c = _eval_at(best_entry).get("composite", {})
+        rows.append(("Best", best_record.get("round"), c.get("loss"), c.get("action_mae")))
+    out.append(
+        _table(["Model", "Round", "Composite loss", "Composite action MAE"], rows)
+        if rows
+        else "No evaluation was recorded."
+    )
+    out.append("")
+
+    columns = [("round 0", base_entry)]
+    if final_eval_round is not None:
+        columns.append((f"final (round {final_eval_round})", kept[final_eval_round]))
+    if best_record and _eval_at(best_entry):
+        columns.append((f"best (round {best_record.get('round')})", best_entry))
+    dataset_names = sorted({n for _, e in columns for n in _eval_at(e).get("datasets", {})})
+    if dataset_names:
+        out.append("### Per evaluation dataset")
+        out.append("")
+        header = ["Dataset"] + [f"loss, {c}" for c, _ in columns] + [f"action MAE, {c}" for c, _ in columns]
+        table_rows = []
+        for name in dataset_names:
+            per = [_eval_at(e).get("datasets", {}).get(name, {}) for _, e in columns]
+            table_rows.append([name] + [m.get("loss") for m in per] + [m.get("action_mae") for m in per])
+        composite = [_eval_at(e).get("composite", {}) for _, e in columns]
+        table_rows.append(
+            ["composite"] + [m.get("loss") for m in composite] + [m.get("action_mae") for m in composite]
+        )
+        out.append(_table(header, table_rows))
+        out.append("")
+
+    out.append("## Data")
+    out.append("")
+    out.append("Training data (each participant's own dataset, used on its machine only):")
+    out.append("")
+    rows = []
+    for name in names:
+        d = participants.get(name, {})
+        rows.append(
+            (
+                name,
+                d.get("repo_id", "–"),
+                d.get("episodes"),
+                d.get("frames"),
+                d.get("fps"),
+                _features(d.get("features")) or "–",
+                contributed[name],
+            )
+        )
+    out.append(
+        _table(
+            ["Participant", "Dataset", "Episodes", "Frames", "FPS", "Features", "Rounds contributed"], rows
+        )
+    )
+    out.append("")
+    out.append("Evaluation data (held out, evaluated by the coordinator):")
+    out.append("")
+    rows = [
+        (name, d.get("repo_id", "–"), d.get("episodes"), d.get("frames"))
+        for name, d in sorted(eval_datasets.items())
+    ]
+    out.append(_table(["Name", "Dataset", "Episodes", "Frames"], rows))
+    out.append("")
+
+    out.append("## Rounds")
+    out.append("")
+    rows = []
+    for r, e in kept.items():
+        if r == 0:
+            continue
+        p = e.get("participants", {})
+        hp = e.get("hyperparameters", {})
+        rows.append(
+            (
+                r,
+                e.get("attempt", 1),
+                ", ".join(p.get("accepted", [])) or "–",
+                ", ".join(p.get("dropped", [])) or "–",
+                hp.get("mu"),
+                hp.get("lr"),
+                _eval_at(e).get("composite", {}).get("loss"),
+            )
+        )
+    out.append(
+        _table(["Round", "Attempt", "Accepted", "Dropped", "mu", "lr", "Composite loss"], rows)
+        if rows
+        else "No training round was completed."
+    )
+    out.append("")
+
+    out.append("## How to load")
+    out.append("")
+    out.append(
+        "This folder is a lerobot `pretrained_model/` directory (config.json, model.safetensors and the "
+        "pre/post-processor files). Load it with lerobot's API:"
+    )
+    out.append("")
+    out.append("```python")
+    out.append("from lerobot.policies.factory import make_pre_post_processors")
+    out.append("from lerobot.policies.smolvla import SmolVLAPolicy")
+    out.append("")
+    out.append('path = "path/to/this/folder"  # from the hub: huggingface_hub.snapshot_download(REPO_ID)')
+    out.append("policy = SmolVLAPolicy.from_pretrained(path)")
+    out.append("preprocessor, postprocessor = make_pre_post_processors(policy.config, pretrained_path=path)")
+    out.append("```")
+    out.append("")
+    vlm_note = (
+        "This export has one: it is the tiny demo model. "
+        if base_model == "tiny"
+        else "(Exports of the tiny demo model have one.) "
+    )
+    out.append(
+        "When the folder holds a `vlm/` directory (the VLM config and tokenizer), config.json and the "
+        f"preprocessor refer to it by the relative path `vlm`. {vlm_note}Then either run the code above from "
+        'inside the folder (`path = "."`), or load it from anywhere with zk0, which resolves `vlm/` against '
+        "the folder for lerobot:"
+    )
+    out.append("")
+    out.append("```python")
+    out.append("from zk0.policy import load_exported")
+    out.append("")
+    out.append('bundle = load_exported("path/to/this/folder")  # .policy, .preprocessor, .postprocessor')
+    out.append("```")
+    out.append("")
+
+    out.append("## Training configuration")
+    out.append("")
+    out.append("```toml")
+    out.append(config_toml.rstrip("\n"))
+    out.append("```")
+    out.append("")
+    return "\n".join(out)
