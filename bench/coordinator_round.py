@@ -25,8 +25,6 @@ import os
 import resource
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -34,10 +32,18 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# One malloc setting for every process of both benches (children inherit it; they read it at start-up).
-# glibc's dynamic mmap threshold otherwise flips 4 MiB chunk buffers between mmap (a page-faulting, zeroed
-# allocation per chunk) and the heap, which moves throughput a lot from run to run.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
+from bench.bare_grpc_stream import Row
+
+# One malloc setting for every process of both benches (children inherit it; glibc reads it at start-up).
+# A fixed 32 MiB mmap threshold keeps the 4 MiB chunk buffers (and their message copies) on the heap, reused,
+# instead of glibc's dynamic threshold flipping them between the heap and a fresh page-faulting mmap per
+# chunk, which moves throughput a lot from run to run; two arenas keep the heap memory that grpc's many
+# threads free and reuse from multiplying per thread (the coordinator's RSS otherwise grows with P).
+MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(128 << 20),
+    "MALLOC_ARENA_MAX": "2",
+}
 
 MIB = 1 << 20
 TENSORS = 256  # weight + bias for 128 layers
@@ -139,12 +145,10 @@ class RssSampler(threading.Thread):
 # ---------------------------------------------------------------------------------------- coordinator
 
 
-def _coordinator_main(
-    model_path: str, run_dir: str, participants: int, rounds: int, chunk_kib: int, workers: int, out
-) -> None:
+def _coordinator_main(model_path: str, run_dir: str, setup: dict, out) -> None:
     """The coordinator process: our real server pieces around a synthetic global model."""
     try:
-        out.put(("done", _serve_rounds(model_path, run_dir, participants, rounds, chunk_kib, workers, out)))
+        out.put(("done", _serve_rounds(model_path, run_dir, out=out, **setup)))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
         import traceback
 
@@ -152,7 +156,7 @@ def _coordinator_main(
 
 
 def _trace_phases(events: list) -> None:
-    """Time the coordinator's per-upload phases (bench instrumentation, only with --profile)."""
+    """Time the coordinator's phases per upload and per aggregation (bench instrumentation, --trace)."""
     import functools
 
     import coordinator.rounds as rounds
@@ -179,7 +183,15 @@ def _trace_phases(events: list) -> None:
 
 
 def _serve_rounds(
-    model_path: str, run_dir: str, participants: int, rounds: int, chunk_kib: int, workers: int, out
+    model_path: str,
+    run_dir: str,
+    *,
+    participants: int,
+    rounds: int,
+    chunk_kib: int,
+    workers: int,
+    trace: bool,
+    out,
 ) -> dict:
     from concurrent import futures
 
@@ -197,7 +209,7 @@ def _serve_rounds(
     sampler = RssSampler()
     sampler.start()
     events: list = []
-    if os.environ.get("ZK0_BENCH_TRACE"):
+    if trace:
         _trace_phases(events)
     config = load_config(
         None,
@@ -358,48 +370,33 @@ def run_ours(
     rounds: int,
     chunk_kib: int,
     workers: int,
-    profile: Path | None = None,
+    trace: Path | None = None,
 ) -> OursRow:
-    """One coordinator process and P participant processes for `rounds` rounds (the first is warm-up)."""
-    if profile is not None:
-        profile.mkdir(parents=True, exist_ok=True)
+    """One coordinator process and P participant processes for `rounds` timed rounds after one warm-up."""
     ctx = mp.get_context("spawn")
     out, cpu_out = ctx.Queue(), ctx.Queue()
     run_dir = tempfile.mkdtemp(prefix=f"zk0-bench-p{participants}-", dir=model_path.parent)
-    coordinator = ctx.Process(
-        target=_coordinator_main,
-        args=(str(model_path), run_dir, participants, rounds, chunk_kib, workers, out),
-    )
+    setup = {
+        "participants": participants,
+        "rounds": 1 + rounds,
+        "chunk_kib": chunk_kib,
+        "workers": workers,
+        "trace": trace is not None,
+    }
+    coordinator = ctx.Process(target=_coordinator_main, args=(str(model_path), run_dir, setup, out))
     coordinator.start()
     procs: list[mp.Process] = []
     try:
         kind, port = out.get(timeout=300)
         if kind != "port":
             raise RuntimeError(f"coordinator failed to start:\n{port}")
-        if profile is not None and not os.environ.get("ZK0_BENCH_TRACE"):  # py-spy, per thread
-            profile.mkdir(parents=True, exist_ok=True)
-            spy = Path(sys.executable).with_name("py-spy")
-            subprocess.Popen(
-                [
-                    spy,
-                    "record",
-                    "--pid",
-                    str(coordinator.pid),
-                    "--format",
-                    "raw",
-                    "--threads",
-                    "--nonblocking",
-                ]
-                + ["--rate", "200", "--output", str(profile / f"coordinator-p{participants}.txt")],
-                stdout=subprocess.DEVNULL,
-            )
         procs = [
             ctx.Process(target=_participant_main, args=(port, f"p{i}", 100 + 7 * i, cpu_out), daemon=True)
             for i in range(participants)
         ]
         for proc in procs:
             proc.start()
-        kind, result = out.get(timeout=600 + 120 * rounds * participants)
+        kind, result = out.get(timeout=600 + 120 * (1 + rounds) * participants)
         if kind != "done":
             raise RuntimeError(f"coordinator failed:\n{result}")
         per_participant = [cpu_out.get(timeout=120) for _ in procs]
@@ -412,14 +409,8 @@ def run_ours(
     failed = [proc.exitcode for proc in procs if proc.exitcode != 0]
     if failed:
         raise RuntimeError(f"participant processes failed with exit codes {failed}")
-    if profile is not None:
-        with open(profile / f"rss-p{participants}.txt", "w") as f:
-            for t, anon, file in result["samples"]:
-                f.write(f"{t:.3f} {anon / 1e6:.0f} {file / 1e6:.0f}\n")
-            for r in result["rounds"]:
-                f.write(f"# {r}\n")
-            for event in result["events"]:
-                f.write(f"@ {event}\n")
+    if trace is not None:
+        write_trace(trace / f"coordinator-p{participants}.txt", result)
     timed = result["rounds"][1:]  # the first round is the warm-up
     participants_cpu = [sum(per_round) for per_round in zip(*per_participant, strict=True)]
     return OursRow(
@@ -436,34 +427,83 @@ def run_ours(
     )
 
 
+def write_trace(path: Path, result: dict) -> None:
+    """Per round, its phases and the coordinator's timed steps, then its RSS every 20 ms."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = result["samples"][0][0] if result["samples"] else 0.0
+    with open(path, "w") as f:
+        for r in result["rounds"]:
+            start, collected, end = r["at"]
+            f.write(
+                f"round {r['round']}: collect {collected - start:.2f} s, "
+                f"aggregate+save {end - collected:.2f} s\n"
+            )
+            for label, thread, a, b in sorted(result["events"], key=lambda e: e[2]):
+                if start <= a <= end:
+                    f.write(
+                        f"  {a - start:7.2f} .. {b - start:7.2f} ({b - a:5.2f} s)  {label:16} {thread}"
+                        f"  [{a - t0:.2f} .. {b - t0:.2f} on the RSS clock]\n"
+                    )
+        f.write("# seconds anon_MB file_MB\n")
+        for t, anon, file in result["samples"]:
+            f.write(f"{t - t0:.2f} {anon / 1e6:.0f} {file / 1e6:.0f}\n")
+
+
 # ---------------------------------------------------------------------------------------- the ceiling
 
 
-def _bare_main(params: int, participants: int, rounds: int, chunk_bytes: int, out) -> None:
+def _bare_main(payload_bytes: int, chunk_bytes: int, max_workers: int, requests, out) -> None:
+    """The bare stream's server, in a process of its own so that it runs under the same malloc settings;
+    it runs batches of rounds (each with fresh participant processes) on request."""
     try:
-        from bench.bare_grpc_stream import bench
+        from bench.bare_grpc_stream import run_rounds, start_server
 
-        (row,) = bench(params, [participants], rounds - 1, chunk_bytes, warmup=1)
-        out.put(("done", (row, _status_kib("VmHWM") * 1024)))
+        server, port = start_server(os.urandom(payload_bytes), chunk_bytes, max_workers)
+        out.put(("ready", port))
+        while (request := requests.get()) is not None:
+            participants, rounds = request
+            cpu = _cpu_seconds()
+            seconds = run_rounds(port, participants, chunk_bytes, rounds)
+            out.put(("rounds", (seconds, (_cpu_seconds() - cpu) / rounds)))
+        server.stop(grace=None)
+        out.put(("done", _status_kib("VmHWM") * 1024))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
         out.put(("error", f"{type(e).__name__}: {e}"))
 
 
-def run_bare(params: int, participants: int, rounds: int, chunk_bytes: int):
-    """The bare stream's rows, its server in a child process so it runs under MALLOC_ENV too."""
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    proc = ctx.Process(target=_bare_main, args=(params, participants, rounds, chunk_bytes, out))
-    proc.start()
-    try:
-        kind, result = out.get(timeout=600 + 60 * rounds * participants)
-    finally:
-        proc.join(timeout=60)
-        if proc.is_alive():
-            proc.kill()
-    if kind != "done":
-        raise RuntimeError(f"bare stream failed: {result}")
-    return result
+class BareStream:
+    """bench.bare_grpc_stream's server and rounds, moving `payload_bytes` per participant each way."""
+
+    def __init__(self, payload_bytes: int, chunk_bytes: int, max_workers: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.requests, self.out = ctx.Queue(), ctx.Queue()
+        self.proc = ctx.Process(
+            target=_bare_main, args=(payload_bytes, chunk_bytes, max_workers, self.requests, self.out)
+        )
+        self.proc.start()
+        self._answer("ready", 300)
+
+    def _answer(self, expected: str, timeout: float):
+        kind, value = self.out.get(timeout=timeout)
+        if kind != expected:
+            raise RuntimeError(f"bare stream failed: {value}")
+        return value
+
+    def rounds(self, participants: int, rounds: int, warmup: int = 1) -> tuple[list[float], float]:
+        """Seconds of each round after `warmup` untimed ones, and the server's CPU seconds per round."""
+        self.requests.put((participants, warmup + rounds))
+        seconds, cpu = self._answer("rounds", 300 + 120 * (warmup + rounds))
+        return seconds[warmup:], cpu
+
+    def close(self) -> int:
+        """Stop the server; returns its process's peak RSS in bytes."""
+        try:
+            self.requests.put(None)
+            return self._answer("done", 60)
+        finally:
+            self.proc.join(timeout=60)
+            if self.proc.is_alive():
+                self.proc.kill()
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -473,13 +513,13 @@ def rss_target_bytes(payload_bytes: int) -> int:
     return int(2.5 * payload_bytes + 0.5e9)
 
 
-def format_table(rows: Sequence[tuple[OursRow, object, int]]) -> str:
+def format_table(rows: Sequence[tuple[OursRow, Row]]) -> str:
     header = (
         f"{'P':>3} {'ours s':>7} {'bare s':>7} {'ratio':>6} {'ours GB/s':>9} {'bare GB/s':>9} "
         f"{'coord peak RSS MB':>17} {'RSS target MB':>13}"
     )
     lines = [header]
-    for ours, bare, _ in rows:
+    for ours, bare in rows:
         lines.append(
             f"{ours.participants:>3} {ours.median_seconds:>7.2f} {bare.median_seconds:>7.2f} "
             f"{ours.median_seconds / bare.median_seconds:>6.2f} {ours.gb_per_second:>9.2f} "
@@ -498,37 +538,36 @@ def _rss(peak: tuple[int, int, int]) -> str:
     return f"{total:.0f} MB = {anon:.0f} anon + {file:.0f} file"
 
 
-def format_details(rows: Sequence[tuple[OursRow, object, int]]) -> str:
-    lines = []
-    for ours, bare, bare_hwm in rows:
-        line = (
-            f"P={ours.participants}: ours rounds {_seconds(ours.round_seconds)} s "
-            f"(collect {_seconds(ours.collect_seconds)}, aggregate+save {_seconds(ours.aggregate_seconds)}); "
-            f"CPU s/round: coordinator {ours.coordinator_cpu_seconds:.1f}, "
-            f"participants {ours.participants_cpu_seconds:.1f}; "
-            f"coordinator peak RSS {ours.peak_rss_bytes / 1e6:.0f} MB "
-            f"(sampled: collect {_rss(ours.peak_collect_rss)}, aggregate {_rss(ours.peak_aggregate_rss)})"
-        )
-        if bare is not None:
-            line += f"; bare rounds {_seconds(bare.round_seconds)} s, server peak RSS {bare_hwm / 1e6:.0f} MB"
-        lines.append(line)
-    return "\n".join(lines)
+def format_details(ours: OursRow, bare: Row | None, bare_cpu: float) -> str:
+    line = (
+        f"P={ours.participants}: ours rounds {_seconds(ours.round_seconds)} s "
+        f"(collect {_seconds(ours.collect_seconds)}, aggregate+save {_seconds(ours.aggregate_seconds)}); "
+        f"CPU s/round: coordinator {ours.coordinator_cpu_seconds:.1f}, "
+        f"participants {ours.participants_cpu_seconds:.1f}; "
+        f"coordinator peak RSS {ours.peak_rss_bytes / 1e6:.0f} MB "
+        f"(sampled: collect {_rss(ours.peak_collect_rss)}, aggregate {_rss(ours.peak_aggregate_rss)})"
+    )
+    if bare is not None:
+        line += f"; bare rounds {_seconds(bare.round_seconds)} s, bare server CPU s/round {bare_cpu:.1f}"
+    return line
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=int, default=100_000_000, help="fp32 parameters in the model")
     parser.add_argument("--participants", default="2,4,8", help="comma-separated participant counts")
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per P (plus one warm-up round)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per P (after one warm-up round)")
     parser.add_argument("--chunk-kib", type=int, default=4096, help="federation.chunk_kib (both benches)")
-    parser.add_argument("--workers", type=int, default=16, help="server threads (the coordinator's default)")
+    parser.add_argument("--workers", type=int, default=16, help="coordinator server threads (its default)")
     parser.add_argument(
         "--malloc",
         default=",".join(f"{k}={v}" for k, v in MALLOC_ENV.items()),
         help="KEY=VALUE,... set for every bench process, or 'none' for glibc's defaults",
     )
-    parser.add_argument("--profile", type=Path, help=argparse.SUPPRESS)  # py-spy output folder
-    parser.add_argument("--only", choices=("both", "ours", "bare"), default="both", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--trace", type=Path, help="folder for per-P timelines of the coordinator's phases and RSS"
+    )
+    parser.add_argument("--only-ours", action="store_true", help="skip the bare stream (no ratio)")
     args = parser.parse_args(argv)
     participants = [int(p) for p in args.participants.split(",")]
     for key in [k for k in os.environ if k.startswith("MALLOC_")]:
@@ -538,10 +577,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.environ[key] = value
     malloc = " ".join(f"{key}={value}" for key, value in settings) or "glibc malloc defaults"
     work = Path(tempfile.mkdtemp(prefix="zk0-bench-"))
+    model = work / "initial.safetensors"
+    chunk_bytes = args.chunk_kib * 1024
+    bare_stream = None
     try:
         ctx = mp.get_context("spawn")
         with ctx.Pool(1) as pool:
-            numel, size = pool.apply(write_model, (args.params, work / "initial.safetensors"))
+            numel, size = pool.apply(write_model, (args.params, model))
         print(
             f"coordinator round vs bare grpcio stream: {numel:,} fp32 params in {TENSORS} tensors "
             f"({size / 1e6:.0f} MB), {args.chunk_kib} KiB chunks, "
@@ -549,21 +591,26 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{os.cpu_count()} CPUs, {malloc}",
             flush=True,
         )
+        if not args.only_ours:
+            bare_stream = BareStream(size, chunk_bytes, max_workers=2 * max(participants) + 4)
         rows = []
         for count in participants:
-            bare, bare_hwm = None, 0
-            if args.only != "ours":
-                bare, bare_hwm = run_bare(numel, count, args.rounds + 1, args.chunk_kib * 1024)
-            if args.only == "bare":
-                print(f"P={count}: bare rounds {_seconds(bare.round_seconds)} s", flush=True)
-                continue
-            model = work / "initial.safetensors"
-            ours = run_ours(model, count, args.rounds + 1, args.chunk_kib, args.workers, args.profile)
-            rows.append((ours, bare, bare_hwm))
-            print(format_details(rows[-1:]), flush=True)
-        if args.only == "both":
+            # The bare rounds bracket ours (half before, half after), so a load that comes and goes on a
+            # shared machine weighs on both sides of the ratio alike.
+            before, cpu_before = bare_stream.rounds(count, args.rounds) if bare_stream else ([], 0.0)
+            ours = run_ours(model, count, args.rounds, args.chunk_kib, args.workers, args.trace)
+            after, cpu_after = bare_stream.rounds(count, args.rounds) if bare_stream else ([], 0.0)
+            bare = Row(count, size, tuple(before + after)) if bare_stream else None
+            print(format_details(ours, bare, (cpu_before + cpu_after) / 2), flush=True)
+            if bare is not None:
+                rows.append((ours, bare))
+        if bare_stream is not None:
+            print(f"bare stream server peak RSS {bare_stream.close() / 1e6:.0f} MB")
+            bare_stream = None
             print(format_table(rows))
     finally:
+        if bare_stream is not None:
+            bare_stream.close()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -48,14 +48,22 @@ def _accumulator_dtype(dtype_name: str) -> torch.dtype:
     return torch.float64
 
 
+def reusable_sums(mean: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of a `take_result()` another accumulator can sum into (fp32/fp64 ones are the sums)."""
+    return {name: tensor for name, tensor in mean.items() if tensor.dtype in (torch.float32, torch.float64)}
+
+
 class FedAvgAccumulator:
     """Sum of weight * update and sum of weights, per tensor of the manifest; thread-safe `add`."""
 
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, *, reuse: Mapping[str, torch.Tensor] | None = None) -> None:
+        """`reuse`: tensors this accumulator may zero and sum into where their dtype and shape fit (e.g. the
+        previous round's `take_result()`), instead of allocating (and first touching) a model's worth."""
         self.manifest = manifest
         self.count = 0
         self.total_weight = 0.0
         self._sums: dict[str, torch.Tensor] = {}
+        self._spare = dict(reuse or {})
         self._broken: str | None = None
         self._taken = False
         self._lock = threading.Lock()
@@ -84,19 +92,28 @@ class FedAvgAccumulator:
             if self._broken is not None:
                 raise RuntimeError(f"accumulator unusable after a failed add: {self._broken}")
             try:
+                if not self._sums:  # all up front: interleaved with the reads, the heap would fragment (2x)
+                    self._sums = {spec.name: self._zeros(spec) for spec in self.manifest}
                 for spec in self.manifest:
-                    tensor = update[spec.name]
-                    acc = self._sums.get(spec.name)
-                    if acc is None:
-                        acc = self._sums[spec.name] = torch.zeros(
-                            spec.shape, dtype=_accumulator_dtype(spec.dtype)
-                        )
-                    _sliced(acc, lambda a, t: a.add_(t.to(a.dtype), alpha=weight), tensor)
+                    fold = lambda a, t: a.add_(t.to(a.dtype), alpha=weight)  # noqa: E731
+                    _sliced(self._sums[spec.name], fold, update[spec.name])
             except BaseException as err:
                 self._broken = f"{type(err).__name__}: {err}"
                 raise
             self.count += 1
             self.total_weight += weight
+
+    def _zeros(self, spec: TensorSpec) -> torch.Tensor:
+        dtype = _accumulator_dtype(spec.dtype)
+        spare = self._spare.pop(spec.name, None)
+        if (
+            spare is None
+            or spare.dtype != dtype
+            or tuple(spare.shape) != spec.shape
+            or not spare.is_contiguous()
+        ):
+            return torch.zeros(spec.shape, dtype=dtype)
+        return _sliced(spare, torch.Tensor.zero_)
 
     def result(self) -> dict[str, torch.Tensor]:
         """The weighted mean, each tensor cast back to its manifest dtype (integers rounded to nearest)."""
@@ -143,3 +160,20 @@ class FedAvgAccumulator:
         if dtype == value.dtype:
             return value
         return _sliced(torch.empty(value.shape, dtype=dtype), torch.Tensor.copy_, value)
+
+
+def apply_server_lr(
+    previous: Mapping[str, torch.Tensor], mean: Mapping[str, torch.Tensor], server_lr: float
+) -> dict[str, torch.Tensor]:
+    """previous + server_lr * (mean - previous), in fp32, cast back to each tensor's dtype.
+
+    server_lr = 1 is plain FedAvg. Above 1 the server extrapolates along the round's averaged update, which
+    non-IID participants shrink by pulling in different directions (FedAvg with a server learning rate, as
+    in Reddi et al., "Adaptive Federated Optimization", 2021).
+    """
+    if server_lr == 1.0:
+        return dict(mean)
+    return {
+        name: (previous[name].float() + server_lr * (value.float() - previous[name].float())).to(value.dtype)
+        for name, value in mean.items()
+    }

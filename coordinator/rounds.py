@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from coordinator.adaptive import Decision
-from coordinator.aggregation import FedAvgAccumulator
+from coordinator.aggregation import FedAvgAccumulator, apply_server_lr, reusable_sums
 from coordinator.store import RunStore
 from zk0.codec import FileAssembler, Manifest, ModelFile, PayloadRejected, SpoolReader, write_atomic
 from zk0.config import Config
@@ -111,6 +111,7 @@ class Coordinator:
         self.global_round = 0
         self.global_version = ""
         self._model: ModelFile | None = None
+        self._spare_sums: dict | None = None  # last round's mean, kept to sum the next round into
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------ the global model
@@ -455,11 +456,15 @@ class Coordinator:
     def _aggregate(self, state: RoundState) -> dict:
         """FedAvg of the spooled updates, folded one tensor at a time in participant-name order, so the
         global model's bytes do not depend on the order updates happened to arrive in."""
-        accumulator = FedAvgAccumulator(self.manifest)
+        accumulator = FedAvgAccumulator(self.manifest, reuse=self._spare_sums)
+        self._spare_sums = None
         for name in sorted(state.accepted):
             header = state.accepted[name]
             accumulator.add(self.store.update_path(state.round, name), float(header.sample_count))
-        return accumulator.take_result()
+        mean = accumulator.take_result()
+        if self.fed.server_lr == 1.0:  # plain FedAvg: reading the previous model would cost a model's worth
+            return mean
+        return apply_server_lr(self.global_state(), mean, self.fed.server_lr)
 
     def _finish_round(self, state: RoundState, waited: float) -> dict:
         with self._cond:
@@ -500,7 +505,9 @@ class Coordinator:
         started = self.clock()
         # The mean (computed in the accumulator's own memory) streams to disk, never encoded in memory; the
         # file is hashed once for its version, and downloads are served from it.
-        path = self.store.write_global(state.round, self._aggregate(state))
+        mean = self._aggregate(state)
+        path = self.store.write_global(state.round, mean)
+        self._spare_sums = reusable_sums(mean)  # the next round sums into these: no fresh model's worth
         model = ModelFile(path, self.chunk_bytes)
         self.store.mark_completed(state.round, model.version, model.size)
         self._set_model(state.round, model)

@@ -21,6 +21,7 @@ from zk0.codec import Manifest, decode_state, encode_state
 from zk0.config import Config, config_to_toml
 from zk0.errors import Zk0Error
 from zk0.evaluation import describe_eval, evaluate_all, evaluation_setup
+from zk0.normalization import stats_to_json
 from zk0.policy import (
     export_pretrained,
     frozen_fingerprint,
@@ -108,6 +109,11 @@ class CoordinatorServer:
             tokens=self.tokens,
             config_toml=config_to_toml(config),
             frozen_sha256=frozen_fingerprint(self.bundle.policy),
+            normalization_json=(
+                stats_to_json(next(iter(self.eval_sets.values())).meta.stats)
+                if config.data.normalization == "coordinator"
+                else ""
+            ),
             require_cert_name=self.options.tls_client_ca is not None,
         )
 

@@ -53,6 +53,7 @@ class FederationService(pb_grpc.FederationServicer):
         tokens: dict[str, str] | None,
         config_toml: str,
         frozen_sha256: str,
+        normalization_json: str = "",
         require_cert_name: bool = False,
     ) -> None:
         self.coordinator = coordinator
@@ -60,6 +61,7 @@ class FederationService(pb_grpc.FederationServicer):
         self.require_cert_name = require_cert_name
         self.config_toml = config_toml
         self.frozen_sha256 = frozen_sha256
+        self.normalization_json = normalization_json
 
     def _authorize(self, context: grpc.ServicerContext, name: str | None) -> None:
         """With a tokens file, the call's token must exist and belong to the participant it claims to be
@@ -110,6 +112,7 @@ class FederationService(pb_grpc.FederationServicer):
             run_id=self.coordinator.run_id,
             config_toml=self.config_toml,
             frozen_sha256=self.frozen_sha256,
+            normalization_json=self.normalization_json,
         )
 
     def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatResponse:

@@ -21,6 +21,7 @@ from participant.local_training import LocalTrainer
 from zk0.config import Config
 from zk0.data import open_dataset
 from zk0.evaluation import describe_eval, evaluate_all
+from zk0.normalization import with_shared
 from zk0.policy import build_policy, export_pretrained, resolve_device
 from zk0.rundir import RunDir
 from zk0.sources import check_same_layout, demo_root, open_source, training_split
@@ -37,6 +38,8 @@ def run_centralized(config: Config, run_dir: Path, *, progress: bool = True) -> 
     run = RunDir.create(run_dir, config)
 
     stats = aggregate_stats([s.meta.stats for s in sources])
+    if config.data.normalization == "coordinator":  # as a federated run of this config would normalize
+        stats = with_shared(stats, eval_sources[0].meta.stats)
     torch.manual_seed(config.seed)  # the same initial model as a federated run of this config
     bundle = build_policy(config.model, sources[0].meta, stats, device=device, demo_root=demo_root(config))
     delta = resolve_delta_timestamps(bundle.policy.config, sources[0].meta)

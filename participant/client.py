@@ -36,6 +36,7 @@ from zk0.codec import (
 from zk0.config import Config, load_config_text
 from zk0.errors import Zk0Error
 from zk0.evaluation import evaluate
+from zk0.normalization import stats_from_json, with_shared
 from zk0.policy import build_policy, frozen_fingerprint, load_trainable_state, resolve_device, trainable_state
 from zk0.sources import Source, demo_root, open_source, training_split
 from zk0.transport import GRPC_OPTIONS, channel_credentials, is_loopback, token_metadata
@@ -70,12 +71,15 @@ class NotRegistered(Exception):
 class ParticipantRuntime:
     """Policy, trainer and datasets, built once from the run's config and this participant's dataset."""
 
-    def __init__(self, config: Config, source: Source, device: str, progress: bool) -> None:
+    def __init__(
+        self, config: Config, source: Source, device: str, progress: bool, shared_stats: dict | None
+    ) -> None:
         self.config = config
         self.source = source
+        stats = with_shared(source.meta.stats, shared_stats) if shared_stats else source.meta.stats
         torch.manual_seed(config.seed)  # the tiny demo's frozen backbone is this seed's random init
         self.bundle = build_policy(
-            config.model, source.meta, source.meta.stats, device=device, demo_root=demo_root(config)
+            config.model, source.meta, stats, device=device, demo_root=demo_root(config)
         )
         delta = resolve_delta_timestamps(self.bundle.policy.config, source.meta)
         train, self.heldout = training_split(
@@ -211,9 +215,10 @@ class ParticipantClient:
             config = load_config_text(reply.config_toml, f"the config sent by {o.coordinator}")
             source = open_source(o.dataset, config)
             device = resolve_device(o.device)
+            shared = stats_from_json(reply.normalization_json) if reply.normalization_json else None
             log.info("%s: building the policy and datasets for %s on %s", o.name, o.dataset, device)
             with self.train_lock or nullcontext():  # one device, and one global RNG seeding the backbone
-                self.runtime = ParticipantRuntime(config, source, device, o.progress)
+                self.runtime = ParticipantRuntime(config, source, device, o.progress, shared)
             if self.runtime.fingerprint != reply.frozen_sha256:
                 raise Zk0Error(
                     "this participant's frozen backbone differs from the coordinator's (fingerprint "

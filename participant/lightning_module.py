@@ -74,8 +74,9 @@ class SmolVLAModule(L.LightningModule):
         self.steps_log.policy_loss.append(pl_value)
         self.steps_log.proximal_loss.append(prox_value)
         self.steps_log.samples += int(batch["action"].shape[0])
+        # The one Lightning-logged value: the progress bar and the plateau schedule read it. The rest is
+        # kept in steps_log (logger=False), which costs nothing per step.
         self.log(PLATEAU_MONITOR, pl_value, on_step=True, prog_bar=True, batch_size=1)
-        self.log("train/proximal_loss", prox_value, on_step=True, batch_size=1)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -84,8 +85,6 @@ class SmolVLAModule(L.LightningModule):
         norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
         self.steps_log.grad_norm.append(float(norm))
         self.steps_log.lr.append(optimizer.param_groups[0]["lr"])
-        self.log("train/grad_norm", float(norm), on_step=True, batch_size=1)
-        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, batch_size=1)
 
     def configure_optimizers(self):
         preset = self.policy.config.get_optimizer_preset()

@@ -90,3 +90,16 @@ def test_an_update_off_the_manifest_is_refused_before_anything_is_folded():
     accumulator.add(UPDATES[1], 2.0)
     assert accumulator.count == 1
     assert_matches_reference(accumulator.result(), explicit_weighted_mean([UPDATES[1]], [2.0]))
+
+
+def test_server_lr_extrapolates_along_the_averaged_update():
+    from coordinator.aggregation import apply_server_lr
+
+    previous = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.5], dtype=torch.bfloat16)}
+    mean = {"w": torch.tensor([2.0, 1.0]), "b": torch.tensor([1.5], dtype=torch.bfloat16)}
+    assert apply_server_lr(previous, mean, 1.0) == mean
+    out = apply_server_lr(previous, mean, 2.0)
+    assert torch.equal(out["w"], torch.tensor([3.0, 0.0]))
+    assert out["b"].dtype == torch.bfloat16 and out["b"].item() == 2.5
+    half = apply_server_lr(previous, mean, 0.5)
+    assert torch.equal(half["w"], torch.tensor([1.5, 1.5]))

@@ -61,7 +61,7 @@ def test_centralized_demo_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [entry["round"] for entry in lines] == [0, 1, 2]
-    assert lines[-1]["steps"] == 2 * 3 * 10
+    assert lines[-1]["steps"] == 2 * 10  # rounds x local_steps, in batches of participants x batch_size
     for key, names in (("eval", {"eval"}), ("heldout", {"p0", "p1", "p2"})):
         first, last = lines[0][key], lines[-1][key]
         assert set(first["datasets"]) == names

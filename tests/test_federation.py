@@ -44,8 +44,10 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_simulated_round_is_the_sample_weighted_mean_of_its_spooled_updates(demo_root, tmp_path):
-    config = small_config(demo_root, "federation.rounds=2")
+@pytest.mark.parametrize("server_lr", [1.0, 2.0])
+def test_simulated_round_is_the_sample_weighted_mean_of_its_spooled_updates(demo_root, tmp_path, server_lr):
+    """server_lr 1 (plain FedAvg): the round-2 model is the mean; else previous + lr * (mean - previous)."""
+    config = small_config(demo_root, "federation.rounds=2", f"federation.server_lr={server_lr}")
     run = tmp_path / "run"
     history = simulate(config, run, device="cpu", progress=False)
 
@@ -62,16 +64,34 @@ def test_simulated_round_is_the_sample_weighted_mean_of_its_spooled_updates(demo
     global_bytes = (run / "models" / "round-0002.safetensors").read_bytes()
     assert sha256_hex(global_bytes) == entry["version"]
     global_state = decode_state(global_bytes)
+    previous = decode_state((run / "models" / "round-0001.safetensors").read_bytes())
     total = float(sum(counts.values()))
     for tensor_name, value in global_state.items():
         acc = torch.zeros(value.shape, dtype=torch.float32)
         for name in sorted(updates):
             acc.add_(updates[name][tensor_name].float(), alpha=float(counts[name]))
-        assert torch.equal(value, (acc / total).to(value.dtype)), tensor_name
+        mean = (acc / total).to(value.dtype)
+        if server_lr == 1.0:
+            assert torch.equal(value, mean), tensor_name
+        else:
+            old = previous[tensor_name].float()
+            expected = (old + server_lr * (mean.float() - old)).to(value.dtype)
+            torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=tensor_name)
     # the participants trained from the round-1 model and reported their held-out loss on it
     assert entry["base_version"] == history[1]["version"]
     assert set(entry["participant_eval"]) == {"p0", "p1", "p2"}
+    # the reports: exports of the last and best models, a model card, charts, who took part
     assert (run / "final" / "model.safetensors").exists()
+    best = json.loads((run / "best.json").read_text())
+    losses = {e["round"]: e["eval"]["composite"]["loss"] for e in history}
+    assert best["loss"] == min(losses.values()) and best["round"] == min(losses, key=losses.get)
+    assert (run / "best" / "model.safetensors").exists()
+    card = (run / "final" / "README.md").read_text()
+    assert "library_name: lerobot" in card
+    assert "zk0-demo/p1" in card
+    for chart in ("eval_loss.png", "hyperparameters.png"):
+        assert (run / chart).stat().st_size > 1000
+    assert set(json.loads((run / "participants.json").read_text())) == {"p0", "p1", "p2"}
 
 
 def start_participant_process(port: int, spec: str, demo_root: Path, log_path: Path) -> subprocess.Popen:
@@ -239,3 +259,54 @@ def test_adaptive_rules_change_what_participants_receive(demo_root, tmp_path):
         assert update["lr"] == pytest.approx(expected_lr)
         assert update["lr_first"] == pytest.approx(expected_lr)  # the optimizer really started there
     assert second["hyperparameters"]["mu"] == pytest.approx(3 * base_mu)
+
+
+def test_push_to_hub_offline_fails_before_training(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [str(BIN / "zk0"), "simulate", "--run-dir", str(run), "--push-to-hub", "someone/zk0-model"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("zk0: error:") and "hub" in lines[0], result.stderr
+    assert not run.exists()
+
+
+def test_compare_writes_the_table_of_every_model(demo_root, tmp_path):
+    out = tmp_path / "cmp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    args = [str(BIN / "zk0"), "compare", "--out", str(out), "--no-progress", "--device", "cpu"]
+    for item in (
+        f'demo.root="{demo_root}"',
+        "demo.episodes=3",
+        "demo.frames_per_episode=30",
+        "federation.rounds=1",
+        "train.local_steps=2",
+        "eval.batches=1",
+        "eval.action_error=false",
+    ):
+        args += ["--set", item]
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (out / "compare.md").read_text()
+    for row in (
+        "initial model",
+        "federated fedavg",
+        "federated fedprox",
+        "centralized",
+        "p0 alone",
+        "p2 alone",
+    ):
+        assert f"| {row} |" in table
+    data = json.loads((out / "compare.json").read_text())
+    kinds = [r["kind"] for r in data["rows"]]
+    assert kinds.count("federated") == 2 and kinds.count("local") == 3
+    samples = {r["name"]: r["samples"] for r in data["rows"]}
+    assert samples["federated fedavg"] == samples["centralized"] == 3 * samples["p0 alone"]
+    assert len(data["checks"]) == 6
+    assert table in result.stdout

@@ -41,6 +41,7 @@ def small_config(demo_root: Path, *overrides: str):
             f'demo.root="{demo_root}"',
             "demo.episodes=3",
             "demo.frames_per_episode=30",
+            "federation.server_lr=1.0",  # plain FedAvg: the global model is the mean of the accepted updates
             "train.batch_size=4",
             "train.local_steps=2",
             'train.device="cpu"',

@@ -57,8 +57,12 @@ class DataConfig:
     state_dim: int = 6
     action_dim: int = 6
     num_workers: int = 0
+    # "coordinator": state/action normalized with the coordinator's evaluation-data statistics, shared by
+    # all; "local": each participant uses its own dataset's statistics (see zk0/normalization.py).
+    normalization: str = "local"
 
     def check(self) -> None:
+        _one_of("data.normalization", self.normalization, ("coordinator", "local"))
         if not self.participants:
             raise ConfigError("data.participants: at least one dataset is required")
         _non_negative("data.heldout_episodes", self.heldout_episodes)
@@ -123,6 +127,8 @@ class FederationConfig:
     # "fedprox" sends `mu` to participants; "fedavg" sends 0. The server side is FedAvg either way.
     strategy: str = "fedprox"
     mu: float = 0.01
+    # Server learning rate: the new global model is old + server_lr * (FedAvg mean - old); 1 = plain FedAvg.
+    server_lr: float = 1.0
     min_participants: int = 2
     fraction: float = 1.0
     min_updates: int = 2
@@ -139,6 +145,7 @@ class FederationConfig:
         _positive("federation.rounds", self.rounds)
         _one_of("federation.strategy", self.strategy, STRATEGIES)
         _non_negative("federation.mu", self.mu)
+        _positive("federation.server_lr", self.server_lr)
         _positive("federation.min_participants", self.min_participants)
         if not 0 < self.fraction <= 1:
             raise ConfigError(f"federation.fraction: {self.fraction} must be in (0, 1]")

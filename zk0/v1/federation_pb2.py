@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17zk0/v1/federation.proto\x12\x06zk0.v1\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"5\n\x0eTensorManifest\x12#\n\x07tensors\x18\x01 \x03(\x0b\x32\x12.zk0.v1.TensorSpec\"%\n\x05\x43hunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"9\n\x0b\x46\x65\x61tureSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"{\n\x12\x44\x61tasetDescription\x12\x0f\n\x07repo_id\x18\x01 \x01(\t\x12%\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32\x13.zk0.v1.FeatureSpec\x12\x10\n\x08\x65pisodes\x18\x03 \x01(\x03\x12\x0e\n\x06\x66rames\x18\x04 \x01(\x03\x12\x0b\n\x03\x66ps\x18\x05 \x01(\x01\"T\n\x0bJoinRequest\x12\x18\n\x10participant_name\x18\x01 \x01(\t\x12+\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x1a.zk0.v1.DatasetDescription\"y\n\x0cJoinResponse\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x15\n\rlease_seconds\x18\x02 \x01(\x01\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63onfig_toml\x18\x04 \x01(\t\x12\x15\n\rfrozen_sha256\x18\x05 \x01(\t\"*\n\x10HeartbeatRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\"R\n\x11HeartbeatResponse\x12\x12\n\nrun_active\x18\x01 \x01(\x08\x12\x12\n\nregistered\x18\x02 \x01(\x08\x12\x15\n\rlease_seconds\x18\x03 \x01(\x01\"(\n\x0eGetTaskRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\"r\n\x0fHyperparameters\x12\x13\n\x0blocal_steps\x18\x01 \x01(\x03\x12\n\n\x02lr\x18\x02 \x01(\x01\x12\n\n\x02mu\x18\x03 \x01(\x01\x12\x10\n\x08schedule\x18\x04 \x01(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x12\n\nbatch_size\x18\x06 \x01(\x03\"\xbb\x01\n\tTrainTask\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nmodel_size\x18\x03 \x01(\x03\x12(\n\x08manifest\x18\x04 \x01(\x0b\x32\x16.zk0.v1.TensorManifest\x12\x30\n\x0fhyperparameters\x18\x05 \x01(\x0b\x32\x17.zk0.v1.Hyperparameters\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x06 \x01(\x01\"\'\n\x04Wait\x12\x0f\n\x07seconds\x18\x01 \x01(\x01\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x16\n\x04\x44one\x12\x0e\n\x06reason\x18\x01 \x01(\t\"y\n\x0fGetTaskResponse\x12\"\n\x05train\x18\x01 \x01(\x0b\x32\x11.zk0.v1.TrainTaskH\x00\x12\x1c\n\x04wait\x18\x02 \x01(\x0b\x32\x0c.zk0.v1.WaitH\x00\x12\x1c\n\x04\x64one\x18\x03 \x01(\x0b\x32\x0c.zk0.v1.DoneH\x00\x42\x06\n\x04task\"O\n\x14\x44ownloadModelRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"T\n\tModelInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12(\n\x08manifest\x18\x03 \x01(\x0b\x32\x16.zk0.v1.TensorManifest\"b\n\x15\x44ownloadModelResponse\x12!\n\x04info\x18\x01 \x01(\x0b\x32\x11.zk0.v1.ModelInfoH\x00\x12\x1e\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\r.zk0.v1.ChunkH\x00\x42\x06\n\x04kind\"\xe3\x01\n\x0cUpdateHeader\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\t\x12\x14\n\x0csample_count\x18\x04 \x01(\x03\x12\x32\n\x07metrics\x18\x05 \x03(\x0b\x32!.zk0.v1.UpdateHeader.MetricsEntry\x12\x0c\n\x04size\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"e\n\x13UploadUpdateRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x14.zk0.v1.UpdateHeaderH\x00\x12\x1e\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\r.zk0.v1.ChunkH\x00\x42\x06\n\x04kind\"Z\n\x14UploadUpdateResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12 \n\x07refusal\x18\x02 \x01(\x0e\x32\x0f.zk0.v1.Refusal\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xd6\x01\n\x17ReportEvaluationRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x14\n\x0csample_count\x18\x04 \x01(\x03\x12=\n\x07metrics\x18\x05 \x03(\x0b\x32,.zk0.v1.ReportEvaluationRequest.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"<\n\x18ReportEvaluationResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t*\xd2\x01\n\x07Refusal\x12\x17\n\x13REFUSAL_UNSPECIFIED\x10\x00\x12\x17\n\x13REFUSAL_WRONG_ROUND\x10\x01\x12\x16\n\x12REFUSAL_WRONG_BASE\x10\x02\x12\x16\n\x12REFUSAL_BAD_HEADER\x10\x03\x12\x15\n\x11REFUSAL_TOO_LARGE\x10\x04\x12\x1b\n\x17REFUSAL_CORRUPT_PAYLOAD\x10\x05\x12\x17\n\x13REFUSAL_BAD_TENSORS\x10\x06\x12\x18\n\x14REFUSAL_NOT_IN_ROUND\x10\x07\x32\xb1\x03\n\nFederation\x12\x31\n\x04Join\x12\x13.zk0.v1.JoinRequest\x1a\x14.zk0.v1.JoinResponse\x12@\n\tHeartbeat\x12\x18.zk0.v1.HeartbeatRequest\x1a\x19.zk0.v1.HeartbeatResponse\x12:\n\x07GetTask\x12\x16.zk0.v1.GetTaskRequest\x1a\x17.zk0.v1.GetTaskResponse\x12N\n\rDownloadModel\x12\x1c.zk0.v1.DownloadModelRequest\x1a\x1d.zk0.v1.DownloadModelResponse0\x01\x12K\n\x0cUploadUpdate\x12\x1b.zk0.v1.UploadUpdateRequest\x1a\x1c.zk0.v1.UploadUpdateResponse(\x01\x12U\n\x10ReportEvaluation\x12\x1f.zk0.v1.ReportEvaluationRequest\x1a .zk0.v1.ReportEvaluationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17zk0/v1/federation.proto\x12\x06zk0.v1\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"5\n\x0eTensorManifest\x12#\n\x07tensors\x18\x01 \x03(\x0b\x32\x12.zk0.v1.TensorSpec\"%\n\x05\x43hunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"9\n\x0b\x46\x65\x61tureSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"{\n\x12\x44\x61tasetDescription\x12\x0f\n\x07repo_id\x18\x01 \x01(\t\x12%\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32\x13.zk0.v1.FeatureSpec\x12\x10\n\x08\x65pisodes\x18\x03 \x01(\x03\x12\x0e\n\x06\x66rames\x18\x04 \x01(\x03\x12\x0b\n\x03\x66ps\x18\x05 \x01(\x01\"T\n\x0bJoinRequest\x12\x18\n\x10participant_name\x18\x01 \x01(\t\x12+\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x1a.zk0.v1.DatasetDescription\"\x95\x01\n\x0cJoinResponse\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x15\n\rlease_seconds\x18\x02 \x01(\x01\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63onfig_toml\x18\x04 \x01(\t\x12\x15\n\rfrozen_sha256\x18\x05 \x01(\t\x12\x1a\n\x12normalization_json\x18\x06 \x01(\t\"*\n\x10HeartbeatRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\"R\n\x11HeartbeatResponse\x12\x12\n\nrun_active\x18\x01 \x01(\x08\x12\x12\n\nregistered\x18\x02 \x01(\x08\x12\x15\n\rlease_seconds\x18\x03 \x01(\x01\"(\n\x0eGetTaskRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\"r\n\x0fHyperparameters\x12\x13\n\x0blocal_steps\x18\x01 \x01(\x03\x12\n\n\x02lr\x18\x02 \x01(\x01\x12\n\n\x02mu\x18\x03 \x01(\x01\x12\x10\n\x08schedule\x18\x04 \x01(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x12\n\nbatch_size\x18\x06 \x01(\x03\"\xbb\x01\n\tTrainTask\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nmodel_size\x18\x03 \x01(\x03\x12(\n\x08manifest\x18\x04 \x01(\x0b\x32\x16.zk0.v1.TensorManifest\x12\x30\n\x0fhyperparameters\x18\x05 \x01(\x0b\x32\x17.zk0.v1.Hyperparameters\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x06 \x01(\x01\"\'\n\x04Wait\x12\x0f\n\x07seconds\x18\x01 \x01(\x01\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x16\n\x04\x44one\x12\x0e\n\x06reason\x18\x01 \x01(\t\"y\n\x0fGetTaskResponse\x12\"\n\x05train\x18\x01 \x01(\x0b\x32\x11.zk0.v1.TrainTaskH\x00\x12\x1c\n\x04wait\x18\x02 \x01(\x0b\x32\x0c.zk0.v1.WaitH\x00\x12\x1c\n\x04\x64one\x18\x03 \x01(\x0b\x32\x0c.zk0.v1.DoneH\x00\x42\x06\n\x04task\"O\n\x14\x44ownloadModelRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"T\n\tModelInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12(\n\x08manifest\x18\x03 \x01(\x0b\x32\x16.zk0.v1.TensorManifest\"b\n\x15\x44ownloadModelResponse\x12!\n\x04info\x18\x01 \x01(\x0b\x32\x11.zk0.v1.ModelInfoH\x00\x12\x1e\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\r.zk0.v1.ChunkH\x00\x42\x06\n\x04kind\"\xe3\x01\n\x0cUpdateHeader\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\t\x12\x14\n\x0csample_count\x18\x04 \x01(\x03\x12\x32\n\x07metrics\x18\x05 \x03(\x0b\x32!.zk0.v1.UpdateHeader.MetricsEntry\x12\x0c\n\x04size\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"e\n\x13UploadUpdateRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x14.zk0.v1.UpdateHeaderH\x00\x12\x1e\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\r.zk0.v1.ChunkH\x00\x42\x06\n\x04kind\"Z\n\x14UploadUpdateResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12 \n\x07refusal\x18\x02 \x01(\x0e\x32\x0f.zk0.v1.Refusal\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xd6\x01\n\x17ReportEvaluationRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x14\n\x0csample_count\x18\x04 \x01(\x03\x12=\n\x07metrics\x18\x05 \x03(\x0b\x32,.zk0.v1.ReportEvaluationRequest.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"<\n\x18ReportEvaluationResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t*\xd2\x01\n\x07Refusal\x12\x17\n\x13REFUSAL_UNSPECIFIED\x10\x00\x12\x17\n\x13REFUSAL_WRONG_ROUND\x10\x01\x12\x16\n\x12REFUSAL_WRONG_BASE\x10\x02\x12\x16\n\x12REFUSAL_BAD_HEADER\x10\x03\x12\x15\n\x11REFUSAL_TOO_LARGE\x10\x04\x12\x1b\n\x17REFUSAL_CORRUPT_PAYLOAD\x10\x05\x12\x17\n\x13REFUSAL_BAD_TENSORS\x10\x06\x12\x18\n\x14REFUSAL_NOT_IN_ROUND\x10\x07\x32\xb1\x03\n\nFederation\x12\x31\n\x04Join\x12\x13.zk0.v1.JoinRequest\x1a\x14.zk0.v1.JoinResponse\x12@\n\tHeartbeat\x12\x18.zk0.v1.HeartbeatRequest\x1a\x19.zk0.v1.HeartbeatResponse\x12:\n\x07GetTask\x12\x16.zk0.v1.GetTaskRequest\x1a\x17.zk0.v1.GetTaskResponse\x12N\n\rDownloadModel\x12\x1c.zk0.v1.DownloadModelRequest\x1a\x1d.zk0.v1.DownloadModelResponse0\x01\x12K\n\x0cUploadUpdate\x12\x1b.zk0.v1.UploadUpdateRequest\x1a\x1c.zk0.v1.UploadUpdateResponse(\x01\x12U\n\x10ReportEvaluation\x12\x1f.zk0.v1.ReportEvaluationRequest\x1a .zk0.v1.ReportEvaluationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATEHEADER_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_REPORTEVALUATIONREQUEST_METRICSENTRY']._loaded_options = None
   _globals['_REPORTEVALUATIONREQUEST_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_REFUSAL']._serialized_start=2216
-  _globals['_REFUSAL']._serialized_end=2426
+  _globals['_REFUSAL']._serialized_start=2245
+  _globals['_REFUSAL']._serialized_end=2455
   _globals['_TENSORSPEC']._serialized_start=35
   _globals['_TENSORSPEC']._serialized_end=91
   _globals['_TENSORMANIFEST']._serialized_start=93
@@ -49,44 +49,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DATASETDESCRIPTION']._serialized_end=369
   _globals['_JOINREQUEST']._serialized_start=371
   _globals['_JOINREQUEST']._serialized_end=455
-  _globals['_JOINRESPONSE']._serialized_start=457
-  _globals['_JOINRESPONSE']._serialized_end=578
-  _globals['_HEARTBEATREQUEST']._serialized_start=580
-  _globals['_HEARTBEATREQUEST']._serialized_end=622
-  _globals['_HEARTBEATRESPONSE']._serialized_start=624
-  _globals['_HEARTBEATRESPONSE']._serialized_end=706
-  _globals['_GETTASKREQUEST']._serialized_start=708
-  _globals['_GETTASKREQUEST']._serialized_end=748
-  _globals['_HYPERPARAMETERS']._serialized_start=750
-  _globals['_HYPERPARAMETERS']._serialized_end=864
-  _globals['_TRAINTASK']._serialized_start=867
-  _globals['_TRAINTASK']._serialized_end=1054
-  _globals['_WAIT']._serialized_start=1056
-  _globals['_WAIT']._serialized_end=1095
-  _globals['_DONE']._serialized_start=1097
-  _globals['_DONE']._serialized_end=1119
-  _globals['_GETTASKRESPONSE']._serialized_start=1121
-  _globals['_GETTASKRESPONSE']._serialized_end=1242
-  _globals['_DOWNLOADMODELREQUEST']._serialized_start=1244
-  _globals['_DOWNLOADMODELREQUEST']._serialized_end=1323
-  _globals['_MODELINFO']._serialized_start=1325
-  _globals['_MODELINFO']._serialized_end=1409
-  _globals['_DOWNLOADMODELRESPONSE']._serialized_start=1411
-  _globals['_DOWNLOADMODELRESPONSE']._serialized_end=1509
-  _globals['_UPDATEHEADER']._serialized_start=1512
-  _globals['_UPDATEHEADER']._serialized_end=1739
-  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_start=1693
-  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_end=1739
-  _globals['_UPLOADUPDATEREQUEST']._serialized_start=1741
-  _globals['_UPLOADUPDATEREQUEST']._serialized_end=1842
-  _globals['_UPLOADUPDATERESPONSE']._serialized_start=1844
-  _globals['_UPLOADUPDATERESPONSE']._serialized_end=1934
-  _globals['_REPORTEVALUATIONREQUEST']._serialized_start=1937
-  _globals['_REPORTEVALUATIONREQUEST']._serialized_end=2151
-  _globals['_REPORTEVALUATIONREQUEST_METRICSENTRY']._serialized_start=1693
-  _globals['_REPORTEVALUATIONREQUEST_METRICSENTRY']._serialized_end=1739
-  _globals['_REPORTEVALUATIONRESPONSE']._serialized_start=2153
-  _globals['_REPORTEVALUATIONRESPONSE']._serialized_end=2213
-  _globals['_FEDERATION']._serialized_start=2429
-  _globals['_FEDERATION']._serialized_end=2862
+  _globals['_JOINRESPONSE']._serialized_start=458
+  _globals['_JOINRESPONSE']._serialized_end=607
+  _globals['_HEARTBEATREQUEST']._serialized_start=609
+  _globals['_HEARTBEATREQUEST']._serialized_end=651
+  _globals['_HEARTBEATRESPONSE']._serialized_start=653
+  _globals['_HEARTBEATRESPONSE']._serialized_end=735
+  _globals['_GETTASKREQUEST']._serialized_start=737
+  _globals['_GETTASKREQUEST']._serialized_end=777
+  _globals['_HYPERPARAMETERS']._serialized_start=779
+  _globals['_HYPERPARAMETERS']._serialized_end=893
+  _globals['_TRAINTASK']._serialized_start=896
+  _globals['_TRAINTASK']._serialized_end=1083
+  _globals['_WAIT']._serialized_start=1085
+  _globals['_WAIT']._serialized_end=1124
+  _globals['_DONE']._serialized_start=1126
+  _globals['_DONE']._serialized_end=1148
+  _globals['_GETTASKRESPONSE']._serialized_start=1150
+  _globals['_GETTASKRESPONSE']._serialized_end=1271
+  _globals['_DOWNLOADMODELREQUEST']._serialized_start=1273
+  _globals['_DOWNLOADMODELREQUEST']._serialized_end=1352
+  _globals['_MODELINFO']._serialized_start=1354
+  _globals['_MODELINFO']._serialized_end=1438
+  _globals['_DOWNLOADMODELRESPONSE']._serialized_start=1440
+  _globals['_DOWNLOADMODELRESPONSE']._serialized_end=1538
+  _globals['_UPDATEHEADER']._serialized_start=1541
+  _globals['_UPDATEHEADER']._serialized_end=1768
+  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_start=1722
+  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_end=1768
+  _globals['_UPLOADUPDATEREQUEST']._serialized_start=1770
+  _globals['_UPLOADUPDATEREQUEST']._serialized_end=1871
+  _globals['_UPLOADUPDATERESPONSE']._serialized_start=1873
+  _globals['_UPLOADUPDATERESPONSE']._serialized_end=1963
+  _globals['_REPORTEVALUATIONREQUEST']._serialized_start=1966
+  _globals['_REPORTEVALUATIONREQUEST']._serialized_end=2180
+  _globals['_REPORTEVALUATIONREQUEST_METRICSENTRY']._serialized_start=1722
+  _globals['_REPORTEVALUATIONREQUEST_METRICSENTRY']._serialized_end=1768
+  _globals['_REPORTEVALUATIONRESPONSE']._serialized_start=2182
+  _globals['_REPORTEVALUATIONRESPONSE']._serialized_end=2242
+  _globals['_FEDERATION']._serialized_start=2458
+  _globals['_FEDERATION']._serialized_end=2891
 # @@protoc_insertion_point(module_scope)

@@ -83,18 +83,20 @@ class JoinRequest(_message.Message):
     def __init__(self, participant_name: _Optional[str] = ..., dataset: _Optional[_Union[DatasetDescription, _Mapping]] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("participant_id", "lease_seconds", "run_id", "config_toml", "frozen_sha256")
+    __slots__ = ("participant_id", "lease_seconds", "run_id", "config_toml", "frozen_sha256", "normalization_json")
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_TOML_FIELD_NUMBER: _ClassVar[int]
     FROZEN_SHA256_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZATION_JSON_FIELD_NUMBER: _ClassVar[int]
     participant_id: str
     lease_seconds: float
     run_id: str
     config_toml: str
     frozen_sha256: str
-    def __init__(self, participant_id: _Optional[str] = ..., lease_seconds: _Optional[float] = ..., run_id: _Optional[str] = ..., config_toml: _Optional[str] = ..., frozen_sha256: _Optional[str] = ...) -> None: ...
+    normalization_json: str
+    def __init__(self, participant_id: _Optional[str] = ..., lease_seconds: _Optional[float] = ..., run_id: _Optional[str] = ..., config_toml: _Optional[str] = ..., frozen_sha256: _Optional[str] = ..., normalization_json: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("participant_id",)
