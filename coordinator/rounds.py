@@ -130,6 +130,17 @@ class Coordinator:
             )
         self._set_model(round_idx, model)
 
+    def roll_back(self, round_idx: int, data: bytes, version: str) -> None:
+        """Serve `data` (the best model so far) as the global model after `round_idx`: the spike guard's
+        rollback. It gets a file of its own, since the round's file holds the model it replaces."""
+        path = self.store.model_path(round_idx).with_suffix(".rollback.safetensors")
+        write_atomic(path, data)
+        model = ModelFile(path, self.chunk_bytes)
+        if model.version != version:
+            model.close()
+            raise Zk0Error(f"{path} does not hold the best model {version[:12]}")
+        self._set_model(round_idx, model)
+
     def _set_model(self, round_idx: int, model: ModelFile) -> None:
         with self._cond:
             self.global_round, self._model, self.global_version = round_idx, model, model.version

@@ -156,7 +156,7 @@ class CoordinatorServer:
             log.warning(
                 "round %d: spike guard rolls back to the best model (round %d)", round_idx, record["round"]
             )
-            self.coordinator.set_global(round_idx, data, record["version"])
+            self.coordinator.roll_back(round_idx, data, record["version"])
             load_trainable_state(self.bundle.policy, self.coordinator.global_state())
 
     def _on_round(self, round_idx: int, state: RoundState, entry: dict) -> None:

@@ -310,3 +310,19 @@ def test_compare_writes_the_table_of_every_model(demo_root, tmp_path):
     assert samples["federated fedavg"] == samples["centralized"] == 3 * samples["p0 alone"]
     assert len(data["checks"]) == 6
     assert table in result.stdout
+
+
+def test_spike_guard_rollback_serves_the_best_model(demo_root, tmp_path):
+    from coordinator.adaptive import Decision
+    from zk0.codec import encode_state
+
+    config = small_config(demo_root, "adaptive.spike_guard=true", "adaptive.spike_rollback=true")
+    server = CoordinatorServer(config, tmp_path / "run", ServerOptions(insecure=True, device="cpu"))
+    best_version = server.coordinator.global_version  # round 0 is the only, hence best, model
+    worse = {name: value + 1.0 for name, value in server.coordinator.global_state().items()}
+    data = encode_state(worse)
+    server.coordinator.set_global(1, data, server.store.save_global(1, data))
+    assert server.coordinator.global_version != best_version
+    server._apply(Decision(mu=0.01, lr=1e-3, rules=["spike"], hold=True, rollback=True), 1)
+    assert server.coordinator.global_version == best_version
+    assert sha256_hex(server.coordinator.global_bytes) == best_version
