@@ -2,17 +2,20 @@
 
 Per participant count P: the real `Coordinator` + `FederationService` behind a `grpc.server` (the production
 GRPC_OPTIONS, a run directory on disk) in a process of its own, holding a synthetic trainable state of
-`--params` fp32 values in a few hundred tensors; P participant processes that are raw stub clients (Join,
-poll GetTask, DownloadModel the whole model verified by SHA-256 through `ChunkAssembler`, upload it back
-unchanged: header + chunks). No training, no evaluation: what is timed is the protocol, the spooling, the
-validation and the aggregation. Each round is timed by the coordinator, from the round's start to its
-aggregated global model saved; the coordinator process samples its own RSS and reports its VmHWM.
+`--params` fp32 values in 256 tensors; P participant processes that are raw stub clients (Join, poll GetTask,
+DownloadModel the whole model verified by SHA-256 through `ChunkAssembler`, upload it back unchanged: header
++ chunks of federation.chunk_kib). No training, no evaluation: what is timed is the protocol, the spooling,
+the verification, the validation and the aggregation. Each round is timed by the coordinator, from the
+round's start to its aggregated global model saved (`entry["seconds"]`: collect + aggregate); the coordinator
+process samples its own RSS and reports its VmHWM (its whole life: start-up, warm-up round, timed rounds).
 
-In the same invocation, for the same P and bytes, `bench.bare_grpc_stream` (servicer that streams pre-sliced
-chunks and drops what comes back) gives the ceiling; the table prints the ratio. Both run in child processes
-started after the malloc environment below is set, so both servers (and all participants) run under it.
+In the same invocation, for the same P and bytes, `bench.bare_grpc_stream` (a servicer that streams
+pre-sliced chunks and drops what comes back; P fresh processes download and upload at a barrier) gives the
+ceiling, its rounds half before and half after ours; the table prints the ratio. Every process of both runs
+under the one malloc setting below (printed).
 
     .venv/bin/python -m bench.coordinator_round [--params N] [--participants 2,4,8] [--rounds R]
+        [--trace DIR]  per-P timelines: each upload's and aggregation's steps, and the RSS every 20 ms
 """
 
 from __future__ import annotations
@@ -45,7 +48,6 @@ MALLOC_ENV = {
     "MALLOC_ARENA_MAX": "2",
 }
 
-MIB = 1 << 20
 TENSORS = 256  # weight + bias for 128 layers
 
 
@@ -91,13 +93,11 @@ def synthetic_state(params: int, seed: int = 0):
 
 def write_model(params: int, path: Path) -> tuple[int, int]:
     """Encode the synthetic state once (in a throwaway process); returns (numel, payload bytes)."""
-    from zk0.codec import encode_state, write_atomic
+    from zk0.codec import write_state_atomic
 
     state = synthetic_state(params)
-    numel = sum(t.numel() for t in state.values())
-    data = encode_state(state)
-    write_atomic(path, data)
-    return numel, len(data)
+    write_state_atomic(path, state)
+    return sum(t.numel() for t in state.values()), path.stat().st_size
 
 
 # ---------------------------------------------------------------------------------------- /proc
@@ -124,7 +124,8 @@ def _cpu_seconds() -> float:
 
 
 class RssSampler(threading.Thread):
-    """Samples this process's VmRSS every `interval` seconds, so peaks can be attributed to a phase."""
+    """Samples this process's RSS (anonymous, file-backed) every `interval` seconds, so that peaks can be
+    attributed to a round's phase (VmHWM only gives the lifetime peak)."""
 
     def __init__(self, interval: float = 0.02) -> None:
         super().__init__(name="rss-sampler", daemon=True)
