@@ -52,10 +52,9 @@ TENSORS = 256  # weight + bias for 128 layers
 
 
 @dataclass(frozen=True)
-class OursRow:
-    participants: int
-    payload_bytes: int
-    round_seconds: tuple[float, ...]
+class OursRow(Row):
+    """The bare stream's row (median round, GB/s) plus where the coordinator's time and memory went."""
+
     collect_seconds: tuple[float, ...]
     aggregate_seconds: tuple[float, ...]
     peak_rss_bytes: int
@@ -63,14 +62,6 @@ class OursRow:
     participants_cpu_seconds: float  # all participants together, median over the timed rounds
     peak_collect_rss: tuple[int, int, int]  # sampled (total, anonymous, file-backed) bytes
     peak_aggregate_rss: tuple[int, int, int]
-
-    @property
-    def median_seconds(self) -> float:
-        return statistics.median(self.round_seconds)
-
-    @property
-    def gb_per_second(self) -> float:
-        return 2 * self.participants * self.payload_bytes / self.median_seconds / 1e9
 
 
 # ---------------------------------------------------------------------------------------- synthetic state
