@@ -12,10 +12,12 @@ from pathlib import Path
 import grpc
 
 from coordinator.adaptive import Decision, decide, records_from_metrics
+from coordinator.guard import CallGuard
 from coordinator.report import model_card, write_charts
 from coordinator.rounds import Coordinator, RoundState
 from coordinator.service import FederationService, read_tokens
 from coordinator.store import RunStore
+from coordinator.transfers import CONTROL_WORKERS, TransferGate
 from zk0 import hub
 from zk0.codec import Manifest, decode_state, encode_state
 from zk0.config import Config, config_to_toml
@@ -35,6 +37,15 @@ from zk0.v1 import federation_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 BEST_DIR = "best"
+# Shutdown is bounded whatever the clients do: calls get this long to end before they are cancelled, the
+# server this long more to stop, the round driver this long to notice the stop.
+SHUTDOWN_GRACE_S = 2.0
+SHUTDOWN_WAIT_S = 10.0
+# Calls beyond this many at once are refused by gRPC itself (RESOURCE_EXHAUSTED): a bound on the queue a
+# flood of connections can build, far above what the transfer slots and the participants need.
+MAX_CONCURRENT_RPCS = 1000
+# Server-side keepalive: a peer that vanished without closing its connection is found and its calls ended.
+KEEPALIVE_OPTIONS = [("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000)]
 
 
 @dataclass
@@ -47,7 +58,6 @@ class ServerOptions:
     tokens: Path | None = None
     insecure: bool = False
     device: str = "auto"
-    workers: int = 16
     push_to_hub: str | None = None
 
     def check(self) -> None:
@@ -164,8 +174,16 @@ class CoordinatorServer:
         self._after_round(round_idx, entry)
 
     def start(self) -> int:
+        """Serve with max_transfers + CONTROL_WORKERS threads: transfers can never take the threads that
+        answer Join, Heartbeat and GetTask."""
+        fed = self.config.federation
+        self.transfers = TransferGate.from_config(fed)
+        self.guard = CallGuard(self.transfers)
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self.options.workers), options=GRPC_OPTIONS
+            futures.ThreadPoolExecutor(max_workers=fed.max_transfers + CONTROL_WORKERS),
+            interceptors=[self.guard],
+            options=GRPC_OPTIONS + KEEPALIVE_OPTIONS,
+            maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         )
         pb_grpc.add_FederationServicer_to_server(self.service, self.server)
         address = f"{self.options.host}:{self.options.port}"
@@ -231,14 +249,26 @@ class CoordinatorServer:
     def wait(self, timeout: float | None = None) -> None:
         """Block until the run is over; participants get a grace period to hear 'done' before shutdown."""
         self.driver.join(timeout)
+        if self.driver.is_alive():
+            self.stop_event.set()  # the caller's time is up: the driver notices within a poll
+            self.driver.join(SHUTDOWN_WAIT_S)
         self.coordinator.wait_until_told(self.config.federation.lease_s)
-        self.server.stop(grace=2.0).wait()
-        self.store.run.close()
+        self._shut_down()
         if self.error is not None:
             raise self.error
 
     def stop(self) -> None:
         self.stop_event.set()
-        self.driver.join()
-        self.server.stop(grace=1.0).wait()
+        self.driver.join(SHUTDOWN_WAIT_S)
+        self._shut_down()
+
+    def _shut_down(self) -> None:
+        """Bounded: open transfers are cancelled, the rest get SHUTDOWN_GRACE_S, and a server that still
+        has not stopped SHUTDOWN_WAIT_S later is left behind with a warning rather than waited for."""
+        self.transfers.close()
+        if not self.server.stop(grace=SHUTDOWN_GRACE_S).wait(SHUTDOWN_GRACE_S + SHUTDOWN_WAIT_S):
+            log.warning("the gRPC server did not stop within %.0fs; exiting anyway", SHUTDOWN_WAIT_S)
+        self.guard.refusals.flush()
+        if self.driver.is_alive():
+            log.warning("the round driver did not stop within %.0fs; exiting anyway", SHUTDOWN_WAIT_S)
         self.store.run.close()

@@ -69,7 +69,6 @@ class FederationService(pb_grpc.FederationServicer):
         if self.require_cert_name and name is not None:
             names = [cn.decode() for cn in context.auth_context().get("x509_common_name", [])]
             if name not in names:
-                log.warning("refused a call from %s: certificate %s used as %r", context.peer(), names, name)
                 context.abort(
                     grpc.StatusCode.PERMISSION_DENIED, f"your certificate is not participant {name}'s"
                 )
@@ -77,14 +76,11 @@ class FederationService(pb_grpc.FederationServicer):
             return
         value = dict(context.invocation_metadata()).get(TOKEN_METADATA_KEY, "")
         if not value.startswith(TOKEN_PREFIX):
-            log.warning("refused a call from %s claiming %s: no token", context.peer(), _claim(name))
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "no token: pass --token")
         owner = self.tokens.get(value.removeprefix(TOKEN_PREFIX))
         if owner is None:
-            log.warning("refused a call from %s claiming %s: unknown token", context.peer(), _claim(name))
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown token")
         if name is not None and owner != name:
-            log.warning("refused a call from %s: token of %s used as %r", context.peer(), owner, name)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"this token belongs to participant {owner}")
 
     def _registered(self, context: grpc.ServicerContext, name: str) -> None:
@@ -194,7 +190,6 @@ class FederationService(pb_grpc.FederationServicer):
         try:
             self.coordinator.receive_update(header, chunks())
         except UpdateRejected as e:
-            log.info("upload from %s refused: %s", header.participant_id, e)
             return _refused(e.refusal, e.reason)
         return pb.UploadUpdateResponse(accepted=True)
 
@@ -206,10 +201,6 @@ class FederationService(pb_grpc.FederationServicer):
             request.participant_id, request.round, request.version, dict(request.metrics)
         )
         return pb.ReportEvaluationResponse(recorded=not problem, reason=problem)
-
-
-def _claim(name: str | None) -> str:
-    return repr(name) if name is not None else "an upload"
 
 
 def _refused(refusal: Refusal, reason: str) -> pb.UploadUpdateResponse:

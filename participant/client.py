@@ -45,7 +45,13 @@ from zk0.v1 import federation_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+# RESOURCE_EXHAUSTED: the coordinator is at its bound of concurrent transfers (federation.max_transfers).
+RETRYABLE = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
 DOWNLOAD_ATTEMPTS = 5
 
 

@@ -140,6 +140,12 @@ class FederationConfig:
     lease_s: float = 30.0
     chunk_kib: int = 4096
     max_update_mib: int = 4096
+    # Uploads and downloads in progress at once; more are refused at once (RESOURCE_EXHAUSTED, retried).
+    max_transfers: int = 16
+    # An upload whose header has not arrived this long after it opened is cancelled.
+    header_timeout_s: float = 10.0
+    # A transfer that moved no bytes this long is cancelled (progress-based: a slow but moving one never is).
+    transfer_idle_timeout_s: float = 60.0
 
     def check(self) -> None:
         _positive("federation.rounds", self.rounds)
@@ -163,6 +169,9 @@ class FederationConfig:
         if not 1024 <= self.chunk_kib <= 4096:
             raise ConfigError(f"federation.chunk_kib: {self.chunk_kib} must be within 1024..4096 (1-4 MiB)")
         _positive("federation.max_update_mib", self.max_update_mib)
+        _positive("federation.max_transfers", self.max_transfers)
+        _positive("federation.header_timeout_s", self.header_timeout_s)
+        _positive("federation.transfer_idle_timeout_s", self.transfer_idle_timeout_s)
 
     @property
     def round_mu(self) -> float:
