@@ -105,7 +105,6 @@ def test_200_idle_upload_streams_leave_control_calls_answered_and_are_cancelled(
     try:
         idle = open_idle_uploads(port, 100, hold, token_metadata(TOKENS["p0"]))
         idle += open_idle_uploads(port, 100, hold)
-        wait_for(lambda: sum(f.done() for f in idle) >= 150, 60, "most idle streams to be refused")
         channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS)
         stub, md = pb_grpc.FederationStub(channel), token_metadata(TOKENS["p1"])
         joined = stub.Join(
