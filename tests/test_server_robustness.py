@@ -12,14 +12,16 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent import futures
 from pathlib import Path
 
 import grpc
 import pytest
 
 from bench.fuzz_calls import Fuzzer
+from coordinator.guard import CallGuard
 from coordinator.server import CoordinatorServer, ServerOptions
-from coordinator.transfers import Transfer, overdue
+from coordinator.transfers import Transfer, TransferGate, overdue
 from participant.client import ClientOptions, ParticipantClient
 from zk0.config import config_to_toml, load_config
 from zk0.ratelog import RateLimiter
@@ -127,6 +129,41 @@ def test_200_idle_upload_streams_leave_control_calls_answered_and_are_cancelled(
     finally:
         hold.set()
         server.stop()
+
+
+class BigModel(pb_grpc.FederationServicer):
+    """Serves 64 MiB, more than a client that stops reading lets through: the sends block."""
+
+    def DownloadModel(self, request, context):
+        for offset in range(64):
+            yield pb.DownloadModelResponse(chunk=pb.Chunk(offset=offset << 20, data=bytes(1 << 20)))
+
+
+def test_a_download_that_stops_reading_is_cancelled_and_frees_its_slot():
+    """The production guard and watchdog on a bare gRPC server whose model is too big to buffer."""
+    gate = TransferGate(max_transfers=1, header_timeout_s=1.0, idle_timeout_s=1.0)
+    server = grpc.server(futures.ThreadPoolExecutor(4), interceptors=[CallGuard(gate)], options=GRPC_OPTIONS)
+    pb_grpc.add_FederationServicer_to_server(BigModel(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS)
+    stub = pb_grpc.FederationStub(channel)
+    try:
+        stalled = stub.DownloadModel(pb.DownloadModelRequest(), timeout=120)
+        next(stalled)  # then stop reading
+        with pytest.raises(grpc.RpcError) as busy:  # the one slot is taken
+            next(stub.DownloadModel(pb.DownloadModelRequest(), timeout=30))
+        assert busy.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "coordinator busy" in busy.value.details()
+        wait_for(lambda: gate.in_progress == 0, 60, "the stalled download to be cancelled")
+        with pytest.raises(grpc.RpcError) as cancelled:
+            sum(1 for _ in stalled)
+        assert cancelled.value.code() == grpc.StatusCode.CANCELLED
+        assert sum(1 for _ in stub.DownloadModel(pb.DownloadModelRequest(), timeout=60)) == 64  # slot free
+    finally:
+        gate.close()
+        channel.close()
+        server.stop(grace=1).wait(10)
 
 
 def test_overdue_is_progress_based_never_a_cap_on_a_moving_transfer():
