@@ -16,14 +16,24 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from coordinator.adaptive import Decision
-from coordinator.aggregation import FedAvgAccumulator, apply_server_lr, reusable_sums
+from coordinator.aggregation import apply_server_lr, reusable_sums
+from coordinator.bounded_fedavg import bounded_mean
+from coordinator.intake import keep_attempt, spool_attempt
 from coordinator.store import RunStore
-from zk0.codec import FileAssembler, Manifest, ModelFile, PayloadRejected, SpoolReader, write_atomic
+from zk0.codec import Manifest, ModelFile, SpoolReader, write_atomic
 from zk0.config import Config
 from zk0.errors import Zk0Error
-from zk0.validation import Refusal, UpdateHeader, UpdateRejected, validate_tensors, validate_update
+from zk0.validation import (
+    EVALUATION_METRICS,
+    Refusal,
+    UpdateHeader,
+    UpdateRejected,
+    validate_metrics,
+    validate_update,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +83,8 @@ class RoundState:
     refused: dict[str, str] = field(default_factory=dict)
     dropped: set[str] = field(default_factory=set)
     evaluations: dict[str, dict[str, float]] = field(default_factory=dict)
+    uploading: set[str] = field(default_factory=set)  # at most one upload per participant at a time
+    distances: dict[str, float] = field(default_factory=dict)  # accepted update -> ||update - base||
     bytes_down: int = 0
     bytes_up: int = 0
 
@@ -265,6 +277,14 @@ class Coordinator:
             state = self._round
             if state is None or round_idx != state.round or version != self.global_version:
                 return f"no evaluation expected for round {round_idx} / version {version[:12]}"
+            if name not in state.sampled:
+                return f"participant {name} is not sampled in round {round_idx}"
+            if name in state.evaluations:
+                return f"participant {name} already reported its evaluation of round {round_idx}"
+            try:
+                validate_metrics(metrics, EVALUATION_METRICS, "evaluation metrics")
+            except UpdateRejected as e:
+                return e.reason
             state.evaluations[name] = dict(metrics)
             return ""
 
@@ -277,12 +297,15 @@ class Coordinator:
     # ------------------------------------------------------------------ uploads
 
     def receive_update(self, header: UpdateHeader, chunks: Iterable[tuple[int, bytes]]) -> None:
-        """Spool, verify, validate and fold in one upload; UpdateRejected says why it does not count."""
+        """Spool, verify, validate and fold in one upload; UpdateRejected says why it does not count,
+        intake.StorageError that the coordinator could not store it (the participant retries)."""
         name = header.participant_id
         with self._cond:
             state = self._round
             if state is None:
                 raise UpdateRejected(Refusal.WRONG_ROUND, "no round is collecting updates now")
+            if name in state.uploading:  # a retry racing its predecessor: the first one decides
+                raise UpdateRejected(Refusal.NOT_IN_ROUND, f"an upload from {name} is already in progress")
             if name in state.outstanding():
                 try:
                     validate_update(
@@ -291,6 +314,7 @@ class Coordinator:
                         current_round=state.round,
                         current_version=self.global_version,
                         max_bytes=self.max_update_bytes,
+                        max_samples=self.config.train.local_steps * self.config.train.batch_size,
                     )
                 except UpdateRejected as e:
                     state.refused[name] = f"{e.refusal.value}: {e.reason}"
@@ -302,37 +326,42 @@ class Coordinator:
                     "already uploaded" if name in state.accepted else "not sampled or no longer in this round"
                 )
                 raise UpdateRejected(Refusal.NOT_IN_ROUND, f"participant {name}: {why}")
-        path = self.store.update_path(header.round, name)
+            state.uploading.add(name)
+            base = self._model.path
         try:
-            with FileAssembler(path, header.size, header.sha256, self.max_update_bytes) as assembler:
-                for offset, data in chunks:
-                    assembler.add(offset, data)
-                    with self._cond:
-                        self._touch(name)
-                assembler.finish()
-        except PayloadRejected as e:
-            self._refuse(state, name, Refusal.CORRUPT_PAYLOAD, e.reason)
+            self._take_upload(state, header, chunks, base)
+        finally:
+            with self._cond:
+                state.uploading.discard(name)
+
+    def _take_upload(
+        self, state: RoundState, header: UpdateHeader, chunks: Iterable[tuple[int, bytes]], base: Path
+    ) -> None:
+        """The upload of a participant reserved in `state.uploading`: spooled to a file of its own, moved
+        into place (and recorded) under the lock only if its round is still waiting for it."""
+        name, final = header.participant_id, self.store.update_path(header.round, header.participant_id)
+
+        def touch() -> None:
+            with self._cond:
+                self._touch(name)
+
+        limits = dict(max_bytes=self.max_update_bytes, max_norm=self.fed.max_update_norm)
         try:
-            validate_tensors(path, self.manifest)
+            path, distance = spool_attempt(header, chunks, final, self.manifest, base, touch=touch, **limits)
         except UpdateRejected as e:
-            path.unlink(missing_ok=True)
             self._refuse(state, name, e.refusal, e.reason)
         with self._cond:
             if self._round is not state or name not in state.outstanding():
                 path.unlink(missing_ok=True)
                 raise UpdateRejected(Refusal.WRONG_ROUND, f"round {header.round} ended while the upload ran")
-        self.store.record_accepted(header.round, header)
-        with self._cond:
-            state.accepted[name] = header
+            keep_attempt(path, final, lambda: self.store.record_accepted(header.round, header))
+            state.accepted[name], state.distances[name] = header, distance
             state.bytes_up += header.size
             self._cond.notify_all()
         log.info(
-            "round %d: accepted update from %s (%d samples, %.1f MB, loss %.4f)",
-            header.round,
-            name,
-            header.sample_count,
-            header.size / 1e6,
-            header.metrics.get("policy_loss", math.nan),
+            "round %d: accepted update from %s (%d samples, %.1f MB, loss %.4f, distance %.4g)",
+            *(header.round, name, header.sample_count, header.size / 1e6),
+            *(header.metrics.get("policy_loss", math.nan), distance),
         )
 
     def _refuse(self, state: RoundState, name: str, refusal: Refusal, reason: str) -> None:
@@ -464,23 +493,40 @@ class Coordinator:
                     return
                 self._cond.wait(POLL_SECONDS)
 
-    def _aggregate(self, state: RoundState) -> dict:
+    def _aggregate(self, state: RoundState) -> dict | None:
         """FedAvg of the spooled updates, folded one tensor at a time in participant-name order, so the
-        global model's bytes do not depend on the order updates happened to arrive in."""
-        accumulator = FedAvgAccumulator(self.manifest, reuse=self._spare_sums)
-        self._spare_sums = None
-        for name in sorted(state.accepted):
-            header = state.accepted[name]
-            accumulator.add(self.store.update_path(state.round, name), float(header.sample_count))
-        mean = accumulator.take_result()
-        if self.fed.server_lr == 1.0:  # plain FedAvg: reading the previous model would cost a model's worth
-            return mean
-        return apply_server_lr(self.global_state(), mean, self.fed.server_lr)
+        global model's bytes do not depend on the order updates happened to arrive in. Updates too far from
+        the base model, or that make the aggregate non-finite, move from accepted to refused (None: too few
+        are left to aggregate)."""
+        reuse, self._spare_sums = self._spare_sums, None
+        lr = self.fed.server_lr  # 1 is plain FedAvg: reading the previous model would cost a model's worth
+        mean, dropped = bounded_mean(
+            self.manifest,
+            {
+                n: (self.store.update_path(state.round, n), float(h.sample_count))
+                for n, h in state.accepted.items()
+            },
+            state.distances,
+            base=self._model.path,
+            bounds=dict(max_norm=self.fed.max_update_norm, factor=self.fed.update_norm_median_factor),
+            min_updates=self.fed.min_updates,
+            finish=lambda m: m if lr == 1.0 else apply_server_lr(self.global_state(), m, lr),
+            reuse=reuse,
+        )
+        for name, reason in dropped.items():
+            log.warning("round %d: update from %s left out: %s", state.round, name, reason)
+            del state.accepted[name]
+            state.refused[name] = f"{Refusal.BAD_TENSORS.value}: {reason}"
+        return mean
 
     def _finish_round(self, state: RoundState, waited: float) -> dict:
         with self._cond:
             self._round = None  # late uploads are refused from here on
         train_s = self.clock() - state.started
+        started = self.clock()
+        # The mean (computed in the accumulator's own memory) streams to disk, never encoded in memory; the
+        # file is hashed once for its version, and downloads are served from it.
+        mean = self._aggregate(state) if len(state.accepted) >= self.fed.min_updates else None
         entry = {
             "round": state.round,
             "attempt": state.attempt,
@@ -498,14 +544,19 @@ class Coordinator:
                 "dropped": sorted(state.dropped),
             },
             "updates": {
-                n: {**h.metrics, "sample_count": h.sample_count, "bytes": h.size}
+                n: {
+                    **h.metrics,
+                    "sample_count": h.sample_count,
+                    "bytes": h.size,
+                    "distance": state.distances.get(n),  # None: kept from a restart, never aggregated
+                }
                 for n, h in sorted(state.accepted.items())
             },
             "participant_eval": dict(sorted(state.evaluations.items())),
             "bytes": {"down": state.bytes_down, "up": state.bytes_up},
             "seconds": {"wait_participants": waited, "train": train_s},
         }
-        if not state.accepted or len(state.accepted) < self.fed.min_updates:
+        if mean is None or not state.accepted or len(state.accepted) < self.fed.min_updates:
             log.warning(
                 "round %d: %d updates, fewer than federation.min_updates=%d: not aggregated",
                 state.round,
@@ -513,10 +564,6 @@ class Coordinator:
                 self.fed.min_updates,
             )
             return entry
-        started = self.clock()
-        # The mean (computed in the accumulator's own memory) streams to disk, never encoded in memory; the
-        # file is hashed once for its version, and downloads are served from it.
-        mean = self._aggregate(state)
         path = self.store.write_global(state.round, mean)
         self._spare_sums = reusable_sums(mean)  # the next round sums into these: no fresh model's worth
         model = ModelFile(path, self.chunk_bytes)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 
+from coordinator.intake import StorageError
 from coordinator.rounds import Coordinator
 from zk0.errors import Zk0Error
 from zk0.transport import TOKEN_METADATA_KEY, TOKEN_PREFIX
@@ -196,6 +197,8 @@ class FederationService(pb_grpc.FederationServicer):
         except UpdateRejected as e:
             log.info("upload from %s refused: %s", header.participant_id, e)
             return _refused(e.refusal, e.reason)
+        except StorageError as e:  # logged where it happened; the participant retries UNAVAILABLE
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         return pb.UploadUpdateResponse(accepted=True)
 
     def ReportEvaluation(

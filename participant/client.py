@@ -172,7 +172,13 @@ class ParticipantClient:
                         raise Zk0Error(
                             f"coordinator {self.options.coordinator} unreachable for {waited:.0f}s ({what})"
                         ) from e
-                    log.warning("%s: coordinator unreachable (%s); retrying in %.1fs", what, code.name, delay)
+                    log.warning(
+                        "%s: coordinator unavailable (%s: %s); retrying in %.1fs",
+                        what,
+                        code.name,
+                        e.details(),
+                        delay,
+                    )
                     time.sleep(delay)
                     delay = min(delay * 2, 10.0)
                     continue

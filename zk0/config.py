@@ -140,6 +140,10 @@ class FederationConfig:
     lease_s: float = 30.0
     chunk_kib: int = 4096
     max_update_mib: int = 4096
+    # An update farther than this (L2 distance from the round's base model) is refused at upload; 0 = off.
+    max_update_norm: float = 10000.0
+    # With 3+ updates, one farther than this x the round's median distance is left out; 0 = off.
+    update_norm_median_factor: float = 10.0
 
     def check(self) -> None:
         _positive("federation.rounds", self.rounds)
@@ -163,6 +167,10 @@ class FederationConfig:
         if not 1024 <= self.chunk_kib <= 4096:
             raise ConfigError(f"federation.chunk_kib: {self.chunk_kib} must be within 1024..4096 (1-4 MiB)")
         _positive("federation.max_update_mib", self.max_update_mib)
+        _non_negative("federation.max_update_norm", self.max_update_norm)
+        factor = self.update_norm_median_factor
+        if factor != 0 and not factor > 1:
+            raise ConfigError(f"federation.update_norm_median_factor: {factor} must be > 1 (0 = off)")
 
     @property
     def round_mu(self) -> float:
