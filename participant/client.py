@@ -170,7 +170,8 @@ class ParticipantClient:
                     waited = time.monotonic() - started
                     if waited > self.options.give_up_s:
                         raise Zk0Error(
-                            f"coordinator {self.options.coordinator} unreachable for {waited:.0f}s ({what})"
+                            f"coordinator {self.options.coordinator} unreachable for {waited:.0f}s ({what}): "
+                            f"{e.details()}"
                         ) from e
                     log.warning(
                         "%s: coordinator unavailable (%s: %s); retrying in %.1fs",

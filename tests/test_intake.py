@@ -24,7 +24,7 @@ from coordinator.adaptive import records_from_metrics
 from coordinator.rounds import Coordinator
 from coordinator.service import FederationService
 from coordinator.store import RunStore
-from participant.client import RETRYABLE
+from participant.client import RETRYABLE, ClientOptions, ParticipantClient
 from zk0.codec import Manifest, decode_state, encode_state, iter_chunks, sha256_hex
 from zk0.config import load_config
 from zk0.transport import GRPC_OPTIONS
@@ -98,9 +98,9 @@ class Federation:
         service = FederationService(self.coordinator, tokens=None, config_toml="", frozen_sha256="")
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=GRPC_OPTIONS)
         pb_grpc.add_FederationServicer_to_server(service, self.server)
-        port = self.server.add_insecure_port("127.0.0.1:0")
+        self.target = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
         self.server.start()
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS)
+        self.channel = grpc.insecure_channel(self.target, options=GRPC_OPTIONS)
         self.stub = pb_grpc.FederationStub(self.channel)
         self.entries: list[dict] = []
         self.error: BaseException | None = None
@@ -396,8 +396,18 @@ def full_disk():
         subprocess.run(["umount", "-l", str(directory)], check=False)
 
 
+def storage_errors(caplog) -> list[str]:
+    """What the coordinator logged about storage (the participant's own warnings aside)."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("coordinator") and "No space left on device" in r.getMessage()
+    ]
+
+
 def test_a_full_disk_is_a_retryable_refusal_naming_the_cause(federation, full_disk, caplog):
     caplog.set_level(logging.ERROR)
+    caplog.set_level(logging.WARNING, logger="participant.client")
     fed = federation("federation.min_participants=2", "federation.min_updates=2")
     round_dir = fed.store.round_dir(1)
     unmount = full_disk(round_dir)
@@ -413,11 +423,27 @@ def test_a_full_disk_is_a_retryable_refusal_naming_the_cause(federation, full_di
     assert refused.value.code() in RETRYABLE  # the participant retries it
     assert refused.value.details().startswith("coordinator storage: No space left on device")
     assert list(round_dir.iterdir()) == []  # the partial file is gone
-    storage = [r.getMessage() for r in caplog.records if "No space left on device" in r.getMessage()]
-    assert len(storage) == 1, storage
+    assert len(storage_errors(caplog)) == 1, storage_errors(caplog)  # logged once, naming the cause
 
-    unmount()  # room again: the retry is taken, and the run goes on
-    assert fed.upload(header, payload).accepted
+    # The participant's own retry loop: it retries while the disk stays full, and gets through once there
+    # is room again; the run goes on.
+    client = ParticipantClient(
+        ClientOptions(coordinator=fed.target, dataset="demo:p0", name="p", insecure=True)
+    )
+    replies: list = []
+    retrying = threading.Thread(
+        target=lambda: replies.append(client._call(lambda: fed.upload(header, payload), "upload")),
+        name="test-participant-retry",
+        daemon=True,
+    )
+    retrying.start()
+    wait_for(lambda: len(storage_errors(caplog)) >= 2, "the participant's retry to hit the full disk too")
+    unmount()
+    retrying.join(timeout=60)
+    client.channel.close()
+    assert [reply.accepted for reply in replies] == [True]
+    told = [r.getMessage() for r in caplog.records if r.name == "participant.client"]
+    assert any("UNAVAILABLE: coordinator storage: No space left on device" in m for m in told), told
     other = moved(fed.base, seed=8)
     q_payload = encode_state(other)
     assert fed.upload(fed.header("q", fed.task("q"), q_payload), q_payload).accepted
