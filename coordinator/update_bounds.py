@@ -17,7 +17,9 @@ from collections.abc import Mapping
 import torch
 
 MEDIAN_RULE_MIN_UPDATES = 3  # below this a median says nothing about which update is the odd one
-_SLICE = 1 << 20  # elements per step: the fp64 difference of one slice, never a whole tensor's
+# Elements per step: the fp64 difference of one slice, never a whole tensor's; and at most ATen's grain size,
+# so each op runs in the calling thread (see coordinator.aggregation._sliced on OpenMP teams on a busy host).
+_SLICE = 32768
 
 
 def update_distance(update: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor]) -> float:
@@ -46,10 +48,13 @@ def absolute_violation(distance: float, max_norm: float) -> str | None:
 def median_outliers(distances: Mapping[str, float], factor: float) -> dict[str, str]:
     """{name: reason} for each update farther from the base than `factor` x the round's median distance.
 
-    Applies from MEDIAN_RULE_MIN_UPDATES updates on (with two, neither is the odd one); factor 0 is off."""
+    Applies from MEDIAN_RULE_MIN_UPDATES updates on (with two, neither is the odd one), and not when the
+    median is 0 (most updates did not move: nothing to scale by); factor 0 is off."""
     if factor <= 0 or len(distances) < MEDIAN_RULE_MIN_UPDATES:
         return {}
     median = statistics.median(distances.values())
+    if not median > 0:
+        return {}
     bound = factor * median
     return {
         name: (

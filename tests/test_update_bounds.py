@@ -62,6 +62,7 @@ def test_median_rule_applies_from_three_updates_and_spares_the_bound_itself():
     assert median_outliers({"a": 1.0, "b": 1000.0}, 10.0) == {}
     assert median_outliers({"a": 1.0, "b": 2.0, "c": 1000.0}, 0.0) == {}
     assert median_outliers({"a": 1.0, "b": 2.0, "c": 20.0}, 10.0) == {}  # exactly 10 x the median
+    assert median_outliers({"a": 0.0, "b": 0.0, "c": 1.0}, 10.0) == {}  # a median of 0 scales nothing
     dropped = median_outliers({"a": 1.0, "b": 2.0, "c": 20.5, "d": 1.5}, 10.0)
     assert list(dropped) == ["c"]
     assert dropped["c"] == (
