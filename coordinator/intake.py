@@ -13,13 +13,20 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 
 from coordinator.update_bounds import absolute_violation, update_distance
 from zk0.codec import FileAssembler, Manifest, PayloadRejected, SpoolReader
 from zk0.errors import Zk0Error
-from zk0.validation import Refusal, UpdateHeader, UpdateRejected, validate_tensors
+from zk0.validation import (
+    EVALUATION_METRICS,
+    Refusal,
+    UpdateHeader,
+    UpdateRejected,
+    validate_metrics,
+    validate_tensors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,3 +96,23 @@ def spool_attempt(
         path.unlink(missing_ok=True)
         raise
     return path, distance
+
+
+def evaluation_problem(
+    name: str,
+    round_idx: int,
+    metrics: Mapping[str, float],
+    sampled: Collection[str],
+    reported: Collection[str],
+) -> str:
+    """Why a participant's evaluation of the round's model is not recorded ('' when it is): only from a
+    participant sampled in the round, once, with finite metrics (any token holder can send one)."""
+    if name not in sampled:
+        return f"participant {name} is not sampled in round {round_idx}"
+    if name in reported:
+        return f"participant {name} already reported its evaluation of round {round_idx}"
+    try:
+        validate_metrics(metrics, EVALUATION_METRICS, "evaluation metrics")
+    except UpdateRejected as e:
+        return e.reason
+    return ""

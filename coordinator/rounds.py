@@ -21,19 +21,12 @@ from pathlib import Path
 from coordinator.adaptive import Decision
 from coordinator.aggregation import apply_server_lr, reusable_sums
 from coordinator.bounded_fedavg import bounded_mean
-from coordinator.intake import keep_attempt, spool_attempt
+from coordinator.intake import evaluation_problem, keep_attempt, spool_attempt
 from coordinator.store import RunStore
 from zk0.codec import Manifest, ModelFile, SpoolReader, write_atomic
 from zk0.config import Config
 from zk0.errors import Zk0Error
-from zk0.validation import (
-    EVALUATION_METRICS,
-    Refusal,
-    UpdateHeader,
-    UpdateRejected,
-    validate_metrics,
-    validate_update,
-)
+from zk0.validation import Refusal, UpdateHeader, UpdateRejected, validate_update
 
 log = logging.getLogger(__name__)
 
@@ -277,16 +270,10 @@ class Coordinator:
             state = self._round
             if state is None or round_idx != state.round or version != self.global_version:
                 return f"no evaluation expected for round {round_idx} / version {version[:12]}"
-            if name not in state.sampled:
-                return f"participant {name} is not sampled in round {round_idx}"
-            if name in state.evaluations:
-                return f"participant {name} already reported its evaluation of round {round_idx}"
-            try:
-                validate_metrics(metrics, EVALUATION_METRICS, "evaluation metrics")
-            except UpdateRejected as e:
-                return e.reason
-            state.evaluations[name] = dict(metrics)
-            return ""
+            problem = evaluation_problem(name, round_idx, metrics, state.sampled, state.evaluations)
+            if not problem:
+                state.evaluations[name] = dict(metrics)
+            return problem
 
     def _touch(self, name: str) -> None:
         """An active transfer keeps a lease alive, whatever the heartbeats do."""
