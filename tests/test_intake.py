@@ -178,10 +178,12 @@ class Federation:
         self.store.run.close()
 
 
-def messages(header: pb.UpdateHeader, payload: bytes, hold: threading.Event | None = None) -> Iterator:
+def messages(
+    header: pb.UpdateHeader, payload: bytes, hold: threading.Event | None = None, chunk: int = CHUNK
+) -> Iterator:
     """An upload's messages; with `hold`, the stream pauses after its first chunk until `hold` is set."""
     yield pb.UploadUpdateRequest(header=header)
-    for offset, view in iter_chunks(payload, CHUNK):
+    for offset, view in iter_chunks(payload, chunk):
         yield pb.UploadUpdateRequest(chunk=pb.Chunk(offset=offset, data=bytes(view)))
         if hold is not None:
             assert hold.wait(60), "the held upload was never released"
@@ -417,12 +419,12 @@ def test_a_full_disk_is_a_retryable_refusal_naming_the_cause(federation, full_di
     payload = encode_state(update)
     header = fed.header("p", task, payload)
 
-    with pytest.raises(grpc.RpcError) as refused:
-        fed.upload(header, payload)
+    with pytest.raises(grpc.RpcError) as refused:  # small chunks: the file's buffer holds some at the end
+        fed.stub.UploadUpdate(messages(header, payload, chunk=1000), timeout=30)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value.code()
     assert refused.value.code() in RETRYABLE  # the participant retries it
     assert refused.value.details().startswith("coordinator storage: No space left on device")
-    assert list(round_dir.iterdir()) == []  # the partial file is gone
+    assert list(round_dir.iterdir()) == []  # the partial file is gone, though closing it failed too
     assert len(storage_errors(caplog)) == 1, storage_errors(caplog)  # logged once, naming the cause
 
     # The participant's own retry loop: it retries while the disk stays full, and gets through once there
