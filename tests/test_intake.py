@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from coordinator.adaptive import records_from_metrics
+from coordinator.intake import StorageError, keep_attempt
 from coordinator.rounds import Coordinator
 from coordinator.service import FederationService
 from coordinator.store import RunStore
@@ -456,3 +457,22 @@ def test_a_full_disk_is_a_retryable_refusal_naming_the_cause(federation, full_di
     got = fed.global_state()
     for name, tensor in expected.items():
         assert torch.equal(got[name], tensor), name
+
+
+def test_an_accepted_attempt_that_cannot_be_kept_is_a_storage_error_and_leaves_nothing(tmp_path, caplog):
+    caplog.set_level(logging.ERROR, logger="coordinator.intake")
+    attempt = tmp_path / ".p.1234.attempt.safetensors"
+    attempt.write_bytes(b"verified bytes")
+    recorded: list[str] = []
+    with pytest.raises(StorageError, match=r"^coordinator storage: No such file or directory \(keeping"):
+        keep_attempt(attempt, tmp_path / "gone" / "p.safetensors", lambda: recorded.append("p"))
+    assert not attempt.exists() and recorded == []
+    assert len(storage_messages(caplog, "No such file or directory")) == 1
+
+    attempt.write_bytes(b"verified bytes")
+    keep_attempt(attempt, tmp_path / "p.safetensors", lambda: recorded.append("p"))
+    assert (tmp_path / "p.safetensors").read_bytes() == b"verified bytes" and recorded == ["p"]
+
+
+def storage_messages(caplog, cause: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if cause in r.getMessage()]
