@@ -140,6 +140,11 @@ class FederationConfig:
     lease_s: float = 30.0
     chunk_kib: int = 4096
     max_update_mib: int = 4096
+    # Membership bounds (coordinator/membership.py): live members at once, and new sessions admitted per
+    # second on average with bursts of join_burst (a token bucket); refused joins are RESOURCE_EXHAUSTED.
+    max_members: int = 256
+    joins_per_second: float = 20.0
+    join_burst: int = 50
 
     def check(self) -> None:
         _positive("federation.rounds", self.rounds)
@@ -163,6 +168,14 @@ class FederationConfig:
         if not 1024 <= self.chunk_kib <= 4096:
             raise ConfigError(f"federation.chunk_kib: {self.chunk_kib} must be within 1024..4096 (1-4 MiB)")
         _positive("federation.max_update_mib", self.max_update_mib)
+        _positive("federation.max_members", self.max_members)
+        if self.max_members < self.min_participants:
+            raise ConfigError(
+                f"federation.max_members: {self.max_members} is below federation.min_participants "
+                f"{self.min_participants}, so the run could never start"
+            )
+        _positive("federation.joins_per_second", self.joins_per_second)
+        _positive("federation.join_burst", self.join_burst)
 
     @property
     def round_mu(self) -> float:
