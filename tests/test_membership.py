@@ -348,3 +348,49 @@ def test_upload_header_carries_the_session():
 
     assert UpdateHeader.from_proto(header).session_id == "s"
     assert UpdateHeader.from_proto(header).to_proto().session_id == "s"
+
+
+def test_a_second_participant_process_under_a_live_name_stops_with_one_line(served):
+    s = served()
+    s.join("p0")
+    options = ClientOptions(
+        coordinator=f"127.0.0.1:{s.port}", dataset="demo:p0", name="p0", insecure=True, give_up_s=10
+    )
+    client = ParticipantClient(options)
+    try:
+        with pytest.raises(Zk0Error, match="ALREADY_EXISTS: participant p0 is already taking part") as error:
+            client.join()
+    finally:
+        client.channel.close()
+    assert "\n" not in str(error.value)
+
+
+def test_the_coordinator_checks_joins_against_its_evaluation_datasets(demo_root, tmp_path):
+    """The run's features come from the coordinator's evaluation datasets (coordinator/server.py)."""
+    from coordinator.server import CoordinatorServer, ServerOptions
+    from participant.client import describe
+    from zk0.sources import open_source
+
+    config = load_config(
+        CONFIGS / "demo.toml",
+        [f'demo.root="{demo_root}"', "demo.episodes=3", "demo.frames_per_episode=30", "eval.batches=1"],
+    )
+    own = describe(open_source("demo:p0", config), "demo:p0")
+    renamed = pb.DatasetDescription()
+    renamed.CopyFrom(own)
+    (camera,) = [f for f in renamed.features if f.name.startswith("observation.images.")]
+    run_camera, camera.name = camera.name, "observation.images.wrist"
+    server = CoordinatorServer(config, tmp_path / "run", ServerOptions(insecure=True, device="cpu"))
+    port = server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS) as channel:
+            stub = pb_grpc.FederationStub(channel)
+            assert stub.Join(pb.JoinRequest(participant_name="p0", dataset=own), timeout=30).session_id
+            error = refused(stub.Join, pb.JoinRequest(participant_name="p1", dataset=renamed), timeout=30)
+    finally:
+        server.stop()
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        f"camera observation.images.wrist is not one of the run's cameras ({run_camera})" in error.details()
+    )
+    assert f"camera {run_camera} is missing" in error.details()
