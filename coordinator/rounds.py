@@ -175,7 +175,17 @@ class Coordinator:
             now = self.clock()
             self._expire_leases(now)  # a lapsed member's name and place are free again
             renewing = self.membership.holds(name, session, now)
-            member = self.membership.admit(name, dataset, session, now)
+            try:
+                member = self.membership.admit(name, dataset, session, now)
+            except Zk0Error:  # a member refused on re-joining (its dataset no longer fits) leaves its round
+                if (
+                    name not in self._members
+                    and self._round is not None
+                    and name in self._round.outstanding()
+                ):
+                    self._round.dropped.add(name)
+                    self._cond.notify_all()
+                raise
             if member.ready:
                 log.info(
                     "participant %s joined with %s: %s episodes, %s frames (%d live)",

@@ -171,11 +171,11 @@ class ParticipantClient:
                 code = e.code()
                 if (code in RETRYABLE or code in retry) and not self.stopped.is_set():
                     waited = time.monotonic() - started
+                    why = e.details() if code in retry else "coordinator unreachable"
                     if waited > self.options.give_up_s:
                         raise Zk0Error(
-                            f"coordinator {self.options.coordinator} unreachable for {waited:.0f}s ({what})"
+                            f"coordinator {self.options.coordinator}: {why} for {waited:.0f}s ({what})"
                         ) from e
-                    why = e.details() if code in retry else "coordinator unreachable"
                     log.warning("%s: %s (%s); retrying in %.1fs", what, why, code.name, delay)
                     time.sleep(delay)
                     delay = min(delay * 2, 10.0)

@@ -276,7 +276,14 @@ def test_a_dataset_with_another_camera_is_refused_naming_it(served):
         error.details()
     )
     assert "p0" not in s.coordinator._members
-    assert s.join("p1", features=RUN_FEATURES).session_id
+    # a sampled member whose re-join no longer fits is refused, and out of its round at once
+    sessions = {n: s.join(n, features=RUN_FEATURES).session_id for n in ("p1", "p2")}
+    state = s.coordinator._start_round(1, 1)
+    assert (
+        refused(s.join, "p1", session=sessions["p1"], features=theirs).code()
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert state.dropped == {"p1"} and state.outstanding() == {"p2"}
 
 
 def test_feature_differences_name_each_difference():
