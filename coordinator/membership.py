@@ -143,5 +143,12 @@ class Membership:
         return self.owns(member, session) and member.lease_until > now
 
 
+def waiting_line(wanted: int, have: list[str]) -> str:
+    """What a coordinator waiting for participants says every few seconds: who it has, how many more."""
+    more = wanted - len(have)
+    noun = "participant" if more == 1 else "participants"
+    return f"waiting for {more} more {noun} (have: {', '.join(have) or 'none'})"
+
+
 def _new_session() -> str:
     return secrets.token_urlsafe(24)

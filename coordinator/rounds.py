@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from coordinator.adaptive import Decision
 from coordinator.aggregation import FedAvgAccumulator, apply_server_lr, reusable_sums
-from coordinator.membership import Member, Membership, public_source
+from coordinator.membership import Member, Membership, public_source, waiting_line
 from coordinator.store import RunStore
 from zk0.codec import FileAssembler, Manifest, ModelFile, PayloadRejected, SpoolReader, write_atomic
 from zk0.config import Config
@@ -566,10 +566,3 @@ class Coordinator:
             entry["seconds"]["aggregate"],
         )
         return entry
-
-
-def waiting_line(wanted: int, have: list[str]) -> str:
-    """What a coordinator waiting for participants says every WAITING_LOG_S seconds."""
-    more = wanted - len(have)
-    noun = "participant" if more == 1 else "participants"
-    return f"waiting for {more} more {noun} (have: {', '.join(have) or 'none'})"

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from coordinator.features import feature_differences
-from coordinator.membership import TokenBucket, check_name, public_source
-from coordinator.rounds import Coordinator, waiting_line
+from coordinator.membership import TokenBucket, check_name, public_source, waiting_line
+from coordinator.rounds import Coordinator
 from coordinator.service import FederationService
 from coordinator.store import PARTICIPANTS_FILE, RunStore
 from participant.client import ClientOptions, ParticipantClient
