@@ -8,6 +8,10 @@ lapse without waiting for them.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from concurrent import futures
@@ -401,3 +405,61 @@ def test_the_coordinator_checks_joins_against_its_evaluation_datasets(demo_root,
         f"camera observation.images.wrist is not one of the run's cameras ({run_camera})" in error.details()
     )
     assert f"camera {run_camera} is missing" in error.details()
+
+
+def renamed_camera_copy(source: Path, target: Path, old: str, new: str) -> Path:
+    """A copy of a LeRobot dataset whose camera `old` is called `new`: features, stats, episode metadata
+    columns and media folders, as a dataset recorded with another camera name would be."""
+    import pyarrow.parquet as pq
+
+    shutil.copytree(source, target)
+    for media in ("videos", "images"):
+        if (target / media / old).exists():
+            (target / media / old).rename(target / media / new)
+    for name in ("info.json", "stats.json"):
+        path = target / "meta" / name
+        path.write_text(path.read_text().replace(f'"{old}"', f'"{new}"'))
+    for path in (target / "meta" / "episodes").rglob("*.parquet"):
+        table = pq.read_table(path)
+        pq.write_table(table.rename_columns([c.replace(old, new) for c in table.column_names]), path)
+    return target
+
+
+def test_a_participant_whose_camera_is_named_differently_stops_with_one_line(demo_root, tmp_path):
+    """A real participant process on a dataset recorded with a wrist camera, against a run whose policy
+    sees a front camera: refused at its join with the dataset's description, exit 2, not retried."""
+    from coordinator.server import CoordinatorServer, ServerOptions
+    from zk0.sources import open_source
+
+    config = load_config(
+        CONFIGS / "demo.toml",
+        [f'demo.root="{demo_root}"', "demo.episodes=3", "demo.frames_per_episode=30", "eval.batches=1"],
+    )
+    source = open_source("demo:p0", config)  # generated if this test runs first
+    dataset = renamed_camera_copy(
+        source.ref.root, tmp_path / "wrist-data", "observation.images.front", "observation.images.wrist"
+    )
+    server = CoordinatorServer(config, tmp_path / "run", ServerOptions(insecure=True, device="cpu"))
+    port = server.start()
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(config_to_toml(config))
+    try:
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "zk0-participant"), "--coordinator", f"127.0.0.1:{port}"]
+            + ["--dataset", str(dataset), "--insecure", "--device", "cpu", "--no-progress"]
+            + ["--give-up-after", "30"],
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        server.stop()
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("zk0-participant: error: "), result.stderr[-3000:]
+    assert "INVALID_ARGUMENT" in last and (
+        "camera observation.images.wrist is not one of the run's cameras (observation.images.front)" in last
+    )
+    assert "retrying" not in result.stderr
+    assert "wrist-data" not in server.coordinator._members
