@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -22,6 +21,7 @@ from coordinator.adaptive import Decision
 from coordinator.aggregation import apply_server_lr, reusable_sums
 from coordinator.bounded_fedavg import bounded_mean
 from coordinator.intake import evaluation_problem, keep_attempt, spool_attempt
+from coordinator.membership import Member, Membership, public_source, waiting_line
 from coordinator.store import RunStore
 from zk0.codec import Manifest, ModelFile, SpoolReader, write_atomic
 from zk0.config import Config
@@ -30,21 +30,8 @@ from zk0.validation import Refusal, UpdateHeader, UpdateRejected, validate_updat
 
 log = logging.getLogger(__name__)
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 POLL_SECONDS = 0.5
-
-
-@dataclass
-class Member:
-    name: str
-    dataset: dict
-    lease_until: float
-
-    @property
-    def ready(self) -> bool:
-        """A participant joins once to get the run's config, then again with its dataset's description
-        once its model and data are built: only then can it be counted on and sampled."""
-        return bool(self.dataset.get("features"))
+WAITING_LOG_S = 10.0  # how often a coordinator waiting for participants says who it has
 
 
 @dataclass
@@ -97,7 +84,11 @@ class Coordinator:
         manifest: Manifest,
         *,
         clock: Callable[[], float] = time.monotonic,
+        features: dict | None = None,
+        fps: float = 0.0,
     ) -> None:
+        """`features` and `fps`: the run's dataset features (its evaluation datasets'), which a joining
+        participant's must match (coordinator/features.py); None admits any dataset."""
         self.config = config
         self.fed = config.federation
         self.store = store
@@ -107,7 +98,8 @@ class Coordinator:
         self.chunk_bytes = self.fed.chunk_kib * 1024
         self.run_id = store.path.name
         self._cond = threading.Condition()
-        self._members: dict[str, Member] = {}
+        self.membership = Membership(self.fed, clock(), features=features, fps=fps)
+        self._members: dict[str, Member] = self.membership.table
         self._round: RoundState | None = None
         self._done = False
         self._done_reason = ""
@@ -181,38 +173,46 @@ class Coordinator:
 
     # ------------------------------------------------------------------ membership
 
-    def join(self, name: str, dataset: dict) -> Member:
-        if not NAME.match(name):
-            raise Zk0Error(
-                f"participant name {name!r} must be 1-64 characters of letters, digits, '_', '.', '-'"
-            )
+    def join(self, name: str, dataset: dict, session: str = "") -> Member:
+        """Admit `name` (coordinator/membership.py says when not); `session` is the one it already holds.
+        Nothing is written here: participants.json records those sampled, off the join path."""
         with self._cond:
             now = self.clock()
-            member = Member(name, dataset, now + self.fed.lease_s)
-            self._members[name] = member
+            self._expire_leases(now)  # a lapsed member's name and place are free again
+            renewing = self.membership.holds(name, session, now)
+            try:
+                member = self.membership.admit(name, dataset, session, now)
+            except Zk0Error:  # a member refused on re-joining (its dataset no longer fits) leaves its round
+                if (
+                    name not in self._members
+                    and self._round is not None
+                    and name in self._round.outstanding()
+                ):
+                    self._round.dropped.add(name)
+                    self._cond.notify_all()
+                raise
             if member.ready:
-                self.store.record_participant(name, dataset)
                 log.info(
                     "participant %s joined with %s: %s episodes, %s frames (%d live)",
                     name,
-                    dataset["repo_id"],
-                    dataset["episodes"],
-                    dataset["frames"],
+                    public_source(dataset.get("repo_id", "")),
+                    dataset.get("episodes"),
+                    dataset.get("frames"),
                     self._live_count(now),
                 )
-            else:
-                log.info("participant %s connected; it is loading %s", name, dataset.get("repo_id", "?"))
+            elif not renewing:
+                log.info("participant %s connected; it is building its model and dataset", name)
             self._cond.notify_all()
             return member
 
-    def heartbeat(self, name: str) -> bool:
-        """Renew a lease; False when the participant is unknown (lapsed or never joined)."""
+    def heartbeat(self, name: str, session: str) -> bool:
+        """Renew a lease; False when `session` is not the participant's live one (lapsed, never joined,
+        the coordinator restarted, or another process's)."""
         with self._cond:
-            member = self._members.get(name)
             now = self.clock()
-            if member is None or member.lease_until <= now:
+            if not self.membership.holds(name, session, now):
                 return False
-            member.lease_until = now + self.fed.lease_s
+            self._members[name].lease_until = now + self.fed.lease_s
             return True
 
     def is_registered(self, name: str) -> bool:
@@ -220,12 +220,33 @@ class Coordinator:
             member = self._members.get(name)
             return member is not None and member.lease_until > self.clock()
 
+    def holds_session(self, name: str, session: str) -> bool:
+        """`session` is `name`'s live session: every call after Join must carry it."""
+        with self._cond:
+            return self.membership.holds(name, session, self.clock())
+
+    def leave(self, name: str, session: str, reason: str) -> bool:
+        """Drop a participant that says it stops, at once: out of the members, and out of its round."""
+        with self._cond:
+            if not self.membership.holds(name, session, self.clock()):
+                return False
+            del self._members[name]
+            if self._round is not None and name in self._round.outstanding():
+                self._round.dropped.add(name)
+            self._cond.notify_all()
+        log.warning("participant %s left (%s)", name, reason or "no reason given")
+        return True
+
     @property
     def done(self) -> bool:
         return self._done
 
     def _live_count(self, now: float) -> int:
         return sum(1 for m in self._members.values() if m.lease_until > now and m.ready)
+
+    def _ready_names(self, now: float) -> list[str]:
+        """Members that can be sampled: lease live, dataset described."""
+        return sorted(n for n, m in self._members.items() if m.lease_until > now and m.ready)
 
     def _expire_leases(self, now: float) -> None:
         for name, member in list(self._members.items()):
@@ -418,6 +439,7 @@ class Coordinator:
     def _wait_for_participants(self, stop: threading.Event) -> float:
         started = self.clock()
         warned = False
+        said = started
         with self._cond:
             while not stop.is_set():
                 now = self.clock()
@@ -425,6 +447,9 @@ class Coordinator:
                 live = self._live_count(now)
                 if live >= self.fed.min_participants:
                     return now - started
+                if now - said >= WAITING_LOG_S:
+                    said = now
+                    log.info("%s", waiting_line(self.fed.min_participants, self._ready_names(now)))
                 if not warned and now - started >= self.fed.join_timeout_s:
                     message = (
                         f"only {live} of federation.min_participants={self.fed.min_participants} "
@@ -441,7 +466,7 @@ class Coordinator:
     def _start_round(self, round_idx: int, attempt: int) -> RoundState:
         with self._cond:
             now = self.clock()
-            live = sorted(n for n, m in self._members.items() if m.lease_until > now and m.ready)
+            live = self._ready_names(now)
             resumed = self.store.accepted(round_idx) if attempt == 1 else []
             state = RoundState(round_idx, attempt, [], now + self.fed.round_timeout_s, now)
             for header, _ in resumed:
@@ -454,6 +479,8 @@ class Coordinator:
             state.sampled = sorted(set(picked) | set(state.accepted))
             self._round = state
             self._cond.notify_all()
+            taking_part = {n: self._members[n].dataset for n in state.sampled if n in self._members}
+        self.store.record_participants(taking_part)  # for the model card: who took part, with what
         if state.accepted:
             log.info("round %d: kept %d updates accepted before the restart", round_idx, len(state.accepted))
         log.info(

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 DOWNLOAD_ATTEMPTS = 5
+LEAVE_TIMEOUT_S = 3.0  # a stopping participant says so, but never waits long on a coordinator that is gone
 
 
 @dataclass
@@ -141,6 +142,7 @@ class ParticipantClient:
         self.stub = pb_grpc.FederationStub(self.channel)
         self.runtime: ParticipantRuntime | None = None
         self.lease_s = 10.0
+        self.session = ""  # issued by the coordinator at join; every later call carries it
         self.stopped = threading.Event()
         self.need_join = threading.Event()
         self.joined = threading.Event()
@@ -158,28 +160,24 @@ class ParticipantClient:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _call(self, fn: Callable[[], Any], what: str) -> Any:
-        """Run one RPC, retrying with backoff while the coordinator is unreachable."""
+    def _call(self, fn: Callable[[], Any], what: str, retry: tuple[grpc.StatusCode, ...] = ()) -> Any:
+        """Run one RPC, retrying with backoff while the coordinator is unreachable (or answers one of
+        `retry`, e.g. a join refused as RESOURCE_EXHAUSTED while joins are rate-limited)."""
         delay, started = 0.5, time.monotonic()
         while True:
             try:
                 return fn()
             except grpc.RpcError as e:
                 code = e.code()
-                if code in RETRYABLE and not self.stopped.is_set():
+                if (code in RETRYABLE or code in retry) and not self.stopped.is_set():
                     waited = time.monotonic() - started
+                    why = "coordinator unreachable" if code in RETRYABLE else "coordinator busy"
+                    why += f" ({code.name}: {e.details()})" if e.details() else f" ({code.name})"
                     if waited > self.options.give_up_s:
                         raise Zk0Error(
-                            f"coordinator {self.options.coordinator} unreachable for {waited:.0f}s ({what}): "
-                            f"{e.details()}"
+                            f"coordinator {self.options.coordinator}: {why} for {waited:.0f}s ({what})"
                         ) from e
-                    log.warning(
-                        "%s: coordinator unavailable (%s: %s); retrying in %.1fs",
-                        what,
-                        code.name,
-                        e.details(),
-                        delay,
-                    )
+                    log.warning("%s: %s; retrying in %.1fs", what, why, delay)
                     time.sleep(delay)
                     delay = min(delay * 2, 10.0)
                     continue
@@ -195,7 +193,9 @@ class ParticipantClient:
                 continue
             try:
                 reply = self.stub.Heartbeat(
-                    pb.HeartbeatRequest(participant_id=self.options.name), metadata=self.metadata, timeout=10
+                    pb.HeartbeatRequest(participant_id=self.options.name, session_id=self.session),
+                    metadata=self.metadata,
+                    timeout=10,
                 )
             except grpc.RpcError as e:
                 log.debug("heartbeat failed: %s", e.code().name)
@@ -210,13 +210,17 @@ class ParticipantClient:
         source = self.runtime.source if self.runtime else None
         reply = self._call(
             lambda: self.stub.Join(
-                pb.JoinRequest(participant_name=o.name, dataset=describe(source, o.dataset)),
+                pb.JoinRequest(
+                    participant_name=o.name, dataset=describe(source, o.dataset), session_id=self.session
+                ),
                 metadata=self.metadata,
                 timeout=30,
             ),
             "join",
+            retry=(grpc.StatusCode.RESOURCE_EXHAUSTED,),
         )
         self.lease_s = reply.lease_seconds
+        self.session = reply.session_id
         self.joined.set()
         if self.runtime is None:
             config = load_config_text(reply.config_toml, f"the config sent by {o.coordinator}")
@@ -243,6 +247,7 @@ class ParticipantClient:
             target=self._heartbeats, name=f"zk0-heartbeat-{self.options.name}", daemon=True
         )
         beat.start()  # before the first join's model build, which can outlast a lease
+        finished, why = False, "stopped"
         try:
             self.join()
             while True:
@@ -251,7 +256,7 @@ class ParticipantClient:
                 try:
                     reply = self._call(
                         lambda: self.stub.GetTask(
-                            pb.GetTaskRequest(participant_id=self.options.name),
+                            pb.GetTaskRequest(participant_id=self.options.name, session_id=self.session),
                             metadata=self.metadata,
                             timeout=30,
                         ),
@@ -262,6 +267,7 @@ class ParticipantClient:
                     continue
                 kind = reply.WhichOneof("task")
                 if kind == "done":
+                    finished = True
                     log.info(
                         "%s: run finished (%s) after %d rounds",
                         self.options.name,
@@ -276,9 +282,29 @@ class ParticipantClient:
                     self.train_round(reply.train)
                 except NotRegistered:
                     self.join()
+        except BaseException as e:
+            why = (
+                "interrupted"
+                if isinstance(e, KeyboardInterrupt)
+                else f"stopped by an error ({type(e).__name__})"
+            )
+            raise
         finally:
             self.stopped.set()
+            if not finished:
+                self.leave(why)
             self.channel.close()
+
+    def leave(self, reason: str) -> None:
+        """Tell the coordinator we stop, so it drops us from its round at once instead of waiting for our
+        lease to lapse. Best effort: a coordinator that is gone or slow must not hold up stopping."""
+        if not self.session:
+            return
+        request = pb.LeaveRequest(participant_id=self.options.name, session_id=self.session, reason=reason)
+        try:
+            self.stub.Leave(request, metadata=self.metadata, timeout=LEAVE_TIMEOUT_S)
+        except grpc.RpcError as e:
+            log.info("%s: could not tell the coordinator we leave (%s)", self.options.name, e.code().name)
 
     def download(self, task: pb.TrainTask) -> bytes:
         """Pull the round's model, resuming from the last byte received; a corrupt model is refused."""
@@ -302,7 +328,10 @@ class ParticipantClient:
         delay = 0.5
         while True:
             request = pb.DownloadModelRequest(
-                participant_id=self.options.name, version=task.model_version, offset=assembler.received
+                participant_id=self.options.name,
+                version=task.model_version,
+                offset=assembler.received,
+                session_id=self.session,
             )
             try:
                 for message in self.stub.DownloadModel(request, metadata=self.metadata, timeout=600):
@@ -343,6 +372,7 @@ class ParticipantClient:
                             version=task.model_version,
                             sample_count=int(local_eval["samples"]),
                             metrics=local_eval,
+                            session_id=self.session,
                         ),
                         metadata=self.metadata,
                         timeout=30,
@@ -363,6 +393,7 @@ class ParticipantClient:
             metrics=metrics,
             size=len(payload),
             sha256=sha256_hex(payload),
+            session_id=self.session,
         )
         reply = self._call(
             lambda: self.stub.UploadUpdate(

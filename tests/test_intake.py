@@ -104,6 +104,7 @@ class Federation:
         self.channel = grpc.insecure_channel(self.target, options=GRPC_OPTIONS)
         self.stub = pb_grpc.FederationStub(self.channel)
         self.entries: list[dict] = []
+        self.sessions: dict[str, str] = {}
         self.error: BaseException | None = None
         self.stop = threading.Event()
         self.driver = threading.Thread(target=self._drive, name="test-rounds", daemon=True)
@@ -127,13 +128,13 @@ class Federation:
             repo_id="synthetic", features=[pb.FeatureSpec(name="action", dtype="float32", shape=[2])]
         )
         for name in names:
-            self.stub.Join(pb.JoinRequest(participant_name=name, dataset=dataset), timeout=10)
+            reply = self.stub.Join(pb.JoinRequest(participant_name=name, dataset=dataset), timeout=10)
+            self.sessions[name] = reply.session_id
 
     def task(self, name: str) -> pb.TrainTask:
         deadline = time.monotonic() + 30
-        while (reply := self.stub.GetTask(pb.GetTaskRequest(participant_id=name), timeout=10)).WhichOneof(
-            "task"
-        ) != "train":
+        request = pb.GetTaskRequest(participant_id=name, session_id=self.sessions[name])
+        while (reply := self.stub.GetTask(request, timeout=10)).WhichOneof("task") != "train":
             assert time.monotonic() < deadline, f"no train task for {name}"
             time.sleep(0.05)
         return reply.train
@@ -147,6 +148,7 @@ class Federation:
             metrics={"policy_loss": 0.5, "update_norm": 1.0},
             size=len(payload),
             sha256=sha256_hex(payload),
+            session_id=self.sessions.get(name, ""),
         )
         fields.update(changes)
         return pb.UpdateHeader(**fields)
@@ -156,7 +158,12 @@ class Federation:
 
     def evaluate(self, name: str, task: pb.TrainTask, **metrics: float) -> pb.ReportEvaluationResponse:
         request = pb.ReportEvaluationRequest(
-            participant_id=name, round=task.round, version=task.model_version, sample_count=4, metrics=metrics
+            participant_id=name,
+            session_id=self.sessions.get(name, ""),
+            round=task.round,
+            version=task.model_version,
+            sample_count=4,
+            metrics=metrics,
         )
         return self.stub.ReportEvaluation(request, timeout=10)
 

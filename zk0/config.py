@@ -144,6 +144,11 @@ class FederationConfig:
     max_update_norm: float = 10000.0
     # With 3+ updates, one farther than this x the round's median distance is left out; 0 = off.
     update_norm_median_factor: float = 10.0
+    # Membership bounds (coordinator/membership.py): live members at once, and new sessions admitted per
+    # second on average with bursts of join_burst (a token bucket); refused joins are RESOURCE_EXHAUSTED.
+    max_members: int = 256
+    joins_per_second: float = 20.0
+    join_burst: int = 50
 
     def check(self) -> None:
         _positive("federation.rounds", self.rounds)
@@ -171,6 +176,14 @@ class FederationConfig:
         factor = self.update_norm_median_factor
         if factor != 0 and not factor > 1:
             raise ConfigError(f"federation.update_norm_median_factor: {factor} must be > 1 (0 = off)")
+        _positive("federation.max_members", self.max_members)
+        if self.max_members < self.min_participants:
+            raise ConfigError(
+                f"federation.max_members: {self.max_members} is below federation.min_participants "
+                f"{self.min_participants}, so the run could never start"
+            )
+        _positive("federation.joins_per_second", self.joins_per_second)
+        _positive("federation.join_burst", self.join_burst)
 
     @property
     def round_mu(self) -> float:

@@ -62,6 +62,8 @@ class UpdateHeader:
     size: int
     sha256: str
     metrics: Mapping[str, float] = field(default_factory=dict)
+    # The uploader's session (issued at Join): the servicer checks it before any byte is spooled.
+    session_id: str = ""
 
     @classmethod
     def from_proto(cls, message: pb.UpdateHeader) -> "UpdateHeader":
@@ -73,6 +75,7 @@ class UpdateHeader:
             size=message.size,
             sha256=message.sha256,
             metrics=dict(message.metrics),
+            session_id=message.session_id,
         )
 
     def to_proto(self) -> pb.UpdateHeader:
@@ -84,6 +87,7 @@ class UpdateHeader:
             metrics=dict(self.metrics),
             size=self.size,
             sha256=self.sha256,
+            session_id=self.session_id,
         )
 
 
