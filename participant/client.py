@@ -150,6 +150,8 @@ class ParticipantClient:
         o = self.options
         host = o.coordinator.rsplit(":", 1)[0]
         if o.insecure:
+            if o.tls_ca or o.tls_cert or o.tls_key:
+                raise Zk0Error("--insecure contradicts --tls-ca/--tls-cert/--tls-key (TLS would be ignored)")
             if not is_loopback(host):
                 raise Zk0Error(f"--insecure only reaches a loopback coordinator, not {host}; use TLS")
             return grpc.insecure_channel(o.coordinator, options=GRPC_OPTIONS)

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", help="device for every participant and the coordinator (default: train.device)"
     )
     p.add_argument("--push-to-hub", metavar="REPO", help="upload final/ to this hub model repo at the end")
+    p.add_argument(
+        "--public", action="store_true", help="--push-to-hub creates a public repo (default: private)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     p.set_defaults(func=cmd_simulate)
 
@@ -77,7 +80,13 @@ def cmd_centralized(args: argparse.Namespace) -> int:
 
 
 def simulate(
-    config, run_dir: Path, *, device: str, progress: bool, push_to_hub: str | None = None
+    config,
+    run_dir: Path,
+    *,
+    device: str,
+    progress: bool,
+    push_to_hub: str | None = None,
+    public: bool = False,
 ) -> list[dict]:
     """The coordinator's gRPC server on 127.0.0.1 (ephemeral port) and one participant client per configured
     dataset, each in a thread of this process, training one after another on the one device."""
@@ -87,7 +96,9 @@ def simulate(
     from coordinator.server import CoordinatorServer, ServerOptions
     from participant.client import ClientOptions, ParticipantClient, participant_name
 
-    options = ServerOptions(host="127.0.0.1", insecure=True, device=device, push_to_hub=push_to_hub)
+    options = ServerOptions(
+        host="127.0.0.1", insecure=True, device=device, push_to_hub=push_to_hub, public=public
+    )
     server = CoordinatorServer(config, run_dir, options)
     port = server.start()
     train_lock = threading.Lock()
@@ -135,7 +146,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or default_run_dir("simulate")
     device = args.device or config.train.device
     history = simulate(
-        config, run_dir, device=device, progress=not args.no_progress, push_to_hub=args.push_to_hub
+        config,
+        run_dir,
+        device=device,
+        progress=not args.no_progress,
+        push_to_hub=args.push_to_hub,
+        public=args.public,
     )
     print_eval_table(history)
     print(f"run directory: {run_dir}")

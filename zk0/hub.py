@@ -108,8 +108,9 @@ def check_can_push(repo_id: str) -> None:
         )
 
 
-def push_folder(folder: Path, repo_id: str) -> str:
-    """Create `repo_id` (a model repository, kept if it exists), upload `folder` into it, return its URL."""
+def push_folder(folder: Path, repo_id: str, *, private: bool = True) -> str:
+    """Create `repo_id` (a model repository, kept as it is if it exists: private unless `private` is False,
+    since a run's card describes its participants), upload `folder` into it, return its URL."""
     folder = Path(folder)
     if not folder.is_dir():
         raise Zk0Error(f"--push-to-hub '{repo_id}': nothing to upload, {folder} is not a directory")
@@ -117,7 +118,7 @@ def push_folder(folder: Path, repo_id: str) -> str:
         raise _unreachable(repo_id, "HF_HUB_OFFLINE is set; unset it")
     api = HfApi()
     try:
-        url = api.create_repo(repo_id, repo_type="model", exist_ok=True)
+        url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         api.upload_folder(
             folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message="zk0: federated run"
         )
