@@ -17,7 +17,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from zk0.hub import HUB_ID, looks_like_hub_id
+from zk0.hub import DEMO_OWNER, is_hub_dataset_id, looks_like_hub_id
 
 EVAL_CHART = "eval_loss.png"
 HYPERPARAMETERS_CHART = "hyperparameters.png"
@@ -275,6 +275,22 @@ def _features(features: Any) -> str:
     return "" if features is None else str(features)
 
 
+PRIVATE_DATASET = "local dataset"
+
+
+def _published_dataset(repo_id: Any) -> str:
+    """What the card may say about a participant's dataset: a hub id, "demo", or only that it is local (a
+    local directory's name or path is the participant's business, not the public card's)."""
+    if repo_id is None:
+        return "–"
+    repo_id = str(repo_id)
+    if is_hub_dataset_id(repo_id):
+        return repo_id
+    if repo_id.startswith(("demo:", f"{DEMO_OWNER}/")):
+        return repo_id
+    return PRIVATE_DATASET
+
+
 def _eval_at(entry: Entry) -> Mapping:
     evaluation = entry.get("eval")
     return evaluation if isinstance(evaluation, Mapping) else {}
@@ -331,7 +347,7 @@ def model_card(
     dataset_ids = sorted(
         {str(d.get("repo_id")) for d in (*participants.values(), *eval_datasets.values()) if d.get("repo_id")}
     )
-    dataset_ids = [d for d in dataset_ids if HUB_ID.match(d)]
+    dataset_ids = [d for d in dataset_ids if is_hub_dataset_id(d)]
 
     if strategy == "fedprox":
         how = "FedProx: each participant adds the proximal term mu/2 * ||w - w_global||^2 to its local loss"
@@ -438,7 +454,7 @@ def model_card(
         rows.append(
             (
                 name,
-                d.get("repo_id", "–"),
+                _published_dataset(d.get("repo_id")),
                 d.get("episodes"),
                 d.get("frames"),
                 d.get("fps"),
@@ -452,6 +468,15 @@ def model_card(
         )
     )
     out.append("")
+    private = sum(
+        _published_dataset(participants.get(n, {}).get("repo_id")) == PRIVATE_DATASET for n in names
+    )
+    if private:
+        out.append(
+            f"{private} of {len(names)} participant(s) trained on local datasets that are not on the hub; "
+            "their names and paths are not published."
+        )
+        out.append("")
     out.append("Evaluation data (held out, evaluated by the coordinator):")
     out.append("")
     rows = [

@@ -78,7 +78,7 @@ def resolve_spec(spec: str, demo_root: Path) -> DatasetRef:
             raise Zk0Error(
                 f"dataset spec '{spec}': the directory has no meta/info.json, not a LeRobot dataset"
             )
-        return DatasetRef(spec, f"local/{path.resolve().name}", path, False, False)
+        return DatasetRef(spec, f"{hub.LOCAL_OWNER}/{path.resolve().name}", path, False, False)
     if hub.looks_like_hub_id(spec):
         return DatasetRef(spec, spec, None, False, True)
     raise Zk0Error(f"dataset spec '{spec}' is not understood: use {_ACCEPTED}")

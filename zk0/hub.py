@@ -21,10 +21,19 @@ from zk0.errors import Zk0Error
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 PROBE_TIMEOUT_S = 10.0
+# The owners of the repo ids zk0 gives datasets that are not on the hub: a local directory is local/<name>,
+# a generated demo dataset zk0-demo/<name> (zk0.demo.REPO_PREFIX).
+LOCAL_OWNER = "local"
+DEMO_OWNER = "zk0-demo"
 
 
 def looks_like_hub_id(text: str) -> bool:
     return bool(HUB_ID.match(text)) and not Path(text).exists()
+
+
+def is_hub_dataset_id(repo_id: str) -> bool:
+    """Whether a dataset description's repo_id names a hub dataset (publishable), not a local or demo one."""
+    return bool(HUB_ID.match(repo_id)) and repo_id.split("/", 1)[0] not in (LOCAL_OWNER, DEMO_OWNER)
 
 
 def fetch(repo_id: str, *, what: str, repo_type: str = "model") -> Path:
