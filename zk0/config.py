@@ -282,11 +282,13 @@ class AdaptiveConfig:
                 )
         if train.lr < self.lr_min:
             raise ConfigError(
-                f"train.lr: {train.lr} is below adaptive.lr_min {self.lr_min} (lr must lie within [lr_min, lr_max])"
+                f"train.lr: {train.lr} is below adaptive.lr_min {self.lr_min} "
+                "(lr must lie within [lr_min, lr_max])"
             )
         if train.lr > self.lr_max:
             raise ConfigError(
-                f"train.lr: {train.lr} exceeds adaptive.lr_max {self.lr_max} (lr must lie within [lr_min, lr_max])"
+                f"train.lr: {train.lr} exceeds adaptive.lr_max {self.lr_max} "
+                "(lr must lie within [lr_min, lr_max])"
             )
 
 
