@@ -12,7 +12,6 @@ from pathlib import Path
 import grpc
 
 from coordinator.adaptive import Decision, decide, records_from_metrics
-from coordinator.report import model_card, write_charts
 from coordinator.rounds import Coordinator, RoundState
 from coordinator.service import FederationService, read_tokens
 from coordinator.store import RunStore
@@ -29,6 +28,7 @@ from zk0.policy import (
     resolve_device,
     trainable_state,
 )
+from zk0.report import model_card, write_charts
 from zk0.transport import GRPC_OPTIONS, is_loopback, server_credentials
 from zk0.v1 import federation_pb2_grpc as pb_grpc
 

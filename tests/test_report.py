@@ -9,8 +9,7 @@ import yaml
 from huggingface_hub import constants
 from PIL import Image
 
-from coordinator import report
-from zk0 import hub
+from zk0 import hub, report
 from zk0.errors import Zk0Error
 
 CONFIG = """seed = 0
