@@ -105,6 +105,7 @@ class FakeHubHandler(BaseHTTPRequestHandler):
     fails after the create call, which is all these tests look at)."""
 
     requests: list[tuple[str, str, dict]] = []
+    whoami: dict | None = None  # the account /api/whoami-v2 reports, when a test sets one
 
     def _record(self) -> dict:
         length = int(self.headers.get("Content-Length") or 0)
@@ -128,7 +129,10 @@ class FakeHubHandler(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802
         self._record()
-        self._reply(500, json.dumps({"error": "test endpoint"}))
+        if self.path == "/api/whoami-v2" and self.whoami is not None:
+            self._reply(200, json.dumps(self.whoami))
+        else:
+            self._reply(500, json.dumps({"error": "test endpoint"}))
 
     def _reply(self, status: int, payload: str) -> None:
         data = payload.encode()
@@ -147,6 +151,7 @@ def fake_hub(monkeypatch):
     """A local HTTP endpoint standing in for the hub, with huggingface_hub online and a token set."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHubHandler)
     FakeHubHandler.requests = []
+    FakeHubHandler.whoami = None
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -168,3 +173,39 @@ def test_push_creates_a_private_repository_unless_told_public(fake_hub, tmp_path
     assert len(creates) == 1, fake_hub
     assert creates[0]["name"] == "zk0-model"
     assert creates[0].get("visibility") == ("private" if private else "public")
+
+
+@pytest.mark.slow
+def test_simulate_public_flag_reaches_the_repository_it_creates(fake_hub, demo_root, tmp_path):
+    """`zk0 simulate --public` down to the hub call: the run trains, then creates a public repository."""
+    from zk0.cli import simulate
+    from zk0.config import load_config
+
+    FakeHubHandler.whoami = {"name": "someone", "orgs": [], "auth": {"accessToken": {"role": "write"}}}
+    config = load_config(
+        ROOT / "configs" / "demo.toml",
+        [
+            f'demo.root="{demo_root}"',
+            "demo.episodes=3",
+            "demo.frames_per_episode=30",
+            'train.device="cpu"',
+            "train.local_steps=1",
+            "eval.batches=1",
+            "eval.action_error=false",
+            "federation.rounds=1",
+            'data.participants=["demo:p0", "demo:p1"]',
+            "federation.min_participants=2",
+            "federation.round_timeout_s=120",
+        ],
+    )
+    with pytest.raises(Zk0Error, match="refused the upload"):  # the fake endpoint takes no files
+        simulate(
+            config,
+            tmp_path / "run",
+            device="cpu",
+            progress=False,
+            push_to_hub="someone/zk0-model",
+            public=True,
+        )
+    creates = [body for method, path, body in fake_hub if method == "POST" and path == "/api/repos/create"]
+    assert [body.get("visibility") for body in creates] == ["public"]
