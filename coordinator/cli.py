@@ -26,8 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tokens", type=Path, help="tokens file: one 'NAME TOKEN' per line")
     p.add_argument("--insecure", action="store_true", help="no TLS; only allowed on a loopback host")
+    p.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        help="serve off loopback without --tokens or --tls-client-ca: anyone who reaches the port may join",
+    )
     p.add_argument("--device", default="auto", help="device for the coordinator's evaluation (default auto)")
     p.add_argument("--push-to-hub", metavar="REPO", help="upload final/ to this hub model repo at the end")
+    p.add_argument(
+        "--public", action="store_true", help="--push-to-hub creates a public repo (default: private)"
+    )
     p.set_defaults(func=cmd_serve)
     return parser
 
@@ -48,6 +56,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         device=args.device,
         push_to_hub=args.push_to_hub,
+        allow_anonymous=args.allow_anonymous,
+        public=args.public,
     )
     server = CoordinatorServer(config, args.run_dir, options)
     port = server.start()

@@ -12,7 +12,6 @@ from pathlib import Path
 import grpc
 
 from coordinator.adaptive import Decision, decide, records_from_metrics
-from coordinator.report import model_card, write_charts
 from coordinator.rounds import Coordinator, RoundState
 from coordinator.service import FederationService, read_tokens
 from coordinator.store import RunStore
@@ -29,6 +28,7 @@ from zk0.policy import (
     resolve_device,
     trainable_state,
 )
+from zk0.report import model_card, write_charts
 from zk0.transport import GRPC_OPTIONS, is_loopback, server_credentials
 from zk0.v1 import federation_pb2_grpc as pb_grpc
 
@@ -49,6 +49,8 @@ class ServerOptions:
     device: str = "auto"
     workers: int = 16
     push_to_hub: str | None = None
+    allow_anonymous: bool = False
+    public: bool = False  # --push-to-hub creates a private repository unless this says public
 
     def check(self) -> None:
         tls = self.tls_cert is not None or self.tls_key is not None
@@ -60,8 +62,17 @@ class ServerOptions:
             raise Zk0Error("--insecure contradicts --tls-cert/--tls-key")
         if not tls and not self.insecure:
             raise Zk0Error("no TLS: pass --tls-cert and --tls-key, or --insecure on a loopback host")
+        if self.public and not self.push_to_hub:
+            raise Zk0Error("--public only says how --push-to-hub creates its repository; pass --push-to-hub")
         if self.insecure and not is_loopback(self.host):
             raise Zk0Error(f"--insecure serves only on a loopback host, not {self.host}; use TLS")
+        # TLS alone encrypts but admits anyone who reaches the port: off loopback that must be a choice.
+        anonymous = self.tokens is None and self.tls_client_ca is None
+        if anonymous and not is_loopback(self.host) and not self.allow_anonymous:
+            raise Zk0Error(
+                f"serving on {self.host} without --tokens or --tls-client-ca admits anyone who can reach the "
+                "port; pass --tokens or --tls-client-ca, or --allow-anonymous if that is intended"
+            )
 
 
 class CoordinatorServer:
@@ -217,7 +228,7 @@ class CoordinatorServer:
         write_charts(entries, run.path)
         log.info("run complete: final model in %s, best in %s", run.final_dir, run.path / BEST_DIR)
         if self.options.push_to_hub:
-            url = hub.push_folder(run.final_dir, self.options.push_to_hub)
+            url = hub.push_folder(run.final_dir, self.options.push_to_hub, private=not self.options.public)
             log.info("pushed %s to %s", run.final_dir, url)
 
     def _drive(self) -> None:

@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("centralized", help="train one model on the union of the participants' datasets")
     add_config_args(p)
     p.add_argument("--run-dir", type=Path, help="where to write the run (default: runs/centralized-<time>)")
+    p.add_argument("--device", help="device to train and evaluate on (default: train.device)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     p.set_defaults(func=cmd_centralized)
 
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", help="device for every participant and the coordinator (default: train.device)"
     )
     p.add_argument("--push-to-hub", metavar="REPO", help="upload final/ to this hub model repo at the end")
+    p.add_argument(
+        "--public", action="store_true", help="--push-to-hub creates a public repo (default: private)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     p.set_defaults(func=cmd_simulate)
 
@@ -70,14 +74,20 @@ def cmd_centralized(args: argparse.Namespace) -> int:
     quiet_libraries()
     config = load_config(args.config, args.overrides)
     run_dir = args.run_dir or default_run_dir("centralized")
-    history = run_centralized(config, run_dir, progress=not args.no_progress)
+    history = run_centralized(config, run_dir, progress=not args.no_progress, device=args.device)
     print_eval_table(history)
     print(f"run directory: {run_dir}")
     return 0
 
 
 def simulate(
-    config, run_dir: Path, *, device: str, progress: bool, push_to_hub: str | None = None
+    config,
+    run_dir: Path,
+    *,
+    device: str,
+    progress: bool,
+    push_to_hub: str | None = None,
+    public: bool = False,
 ) -> list[dict]:
     """The coordinator's gRPC server on 127.0.0.1 (ephemeral port) and one participant client per configured
     dataset, each in a thread of this process, training one after another on the one device."""
@@ -87,7 +97,9 @@ def simulate(
     from coordinator.server import CoordinatorServer, ServerOptions
     from participant.client import ClientOptions, ParticipantClient, participant_name
 
-    options = ServerOptions(host="127.0.0.1", insecure=True, device=device, push_to_hub=push_to_hub)
+    options = ServerOptions(
+        host="127.0.0.1", insecure=True, device=device, push_to_hub=push_to_hub, public=public
+    )
     server = CoordinatorServer(config, run_dir, options)
     port = server.start()
     train_lock = threading.Lock()
@@ -135,7 +147,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or default_run_dir("simulate")
     device = args.device or config.train.device
     history = simulate(
-        config, run_dir, device=device, progress=not args.no_progress, push_to_hub=args.push_to_hub
+        config,
+        run_dir,
+        device=device,
+        progress=not args.no_progress,
+        push_to_hub=args.push_to_hub,
+        public=args.public,
     )
     print_eval_table(history)
     print(f"run directory: {run_dir}")
@@ -193,14 +210,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         state = trainable_from(run / "models" / f"round-{last:04d}.safetensors", bundle.policy)
         row = Row(f"federated {strategy}", "federated", participants * fed.rounds * steps)
         rows.append(score(row, state, bundle, eval_sets, config.eval))
-    run_centralized(config, out / "centralized", progress=progress)
+    run_centralized(config, out / "centralized", progress=progress, device=device)
     state = trainable_from(out / "centralized" / "final" / "model.safetensors", bundle.policy)
     row = Row("centralized", "centralized", participants * fed.rounds * steps)
     rows.append(score(row, state, bundle, eval_sets, config.eval))
     for spec in config.data.participants:
         name = spec.removeprefix("demo:").rstrip("/").rsplit("/", 1)[-1]
         run = out / f"local-{name}"
-        run_centralized(variant(f'data.participants=["{spec}"]'), run, progress=progress)
+        run_centralized(variant(f'data.participants=["{spec}"]'), run, progress=progress, device=device)
         state = trainable_from(run / "final" / "model.safetensors", bundle.policy)
         rows.append(
             score(Row(f"{name} alone", "local", fed.rounds * steps), state, bundle, eval_sets, config.eval)
