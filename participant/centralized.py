@@ -20,9 +20,11 @@ from participant.lightning_module import RoundPlan, SmolVLAModule
 from participant.local_training import LocalTrainer
 from zk0.config import Config
 from zk0.data import open_dataset
+from zk0.errors import Zk0Error
 from zk0.evaluation import describe_eval, evaluate_all
 from zk0.normalization import with_shared
 from zk0.policy import build_policy, export_pretrained, resolve_device
+from zk0.reuse import reuse_run_dir
 from zk0.rundir import RunDir
 from zk0.sources import check_same_layout, demo_root, open_source, training_split
 
@@ -30,12 +32,18 @@ log = logging.getLogger(__name__)
 
 
 def run_centralized(config: Config, run_dir: Path, *, progress: bool = True) -> list[dict]:
-    """Train, evaluate after every round (and before the first), export final/; returns the metrics."""
+    """Train, evaluate after every round (and before the first), export final/; returns the metrics.
+
+    No mid-run checkpoint: `run_dir` must hold no run, or an incomplete one of this config (which restarts
+    from scratch), by the rule of `zk0.reuse.reuse_run_dir`, checked before any work."""
+    reuse = reuse_run_dir(run_dir, config, "centralized")
+    if reuse.action == "finished":
+        raise Zk0Error(reuse.message)
     device = resolve_device(config.train.device)
     sources = [open_source(spec, config) for spec in config.data.participants]
     eval_sources = [open_source(spec, config) for spec in config.data.eval]
     check_same_layout(sources + eval_sources)
-    run = RunDir.create(run_dir, config)
+    run = RunDir.create(run_dir, config, kind="centralized")
 
     stats = aggregate_stats([s.meta.stats for s in sources])
     if config.data.normalization == "coordinator":  # as a federated run of this config would normalize
@@ -95,6 +103,7 @@ def run_centralized(config: Config, run_dir: Path, *, progress: bool = True) -> 
         run.record(entry, step=round_idx)
         history.append(entry)
     export_pretrained(bundle, run.final_dir)
+    run.mark_finished()
     run.close()
     log.info("wrote %s and %s", run.final_dir, run.metrics_path)
     return history
