@@ -19,7 +19,7 @@ from coordinator.store import RunStore
 from zk0 import hub
 from zk0.codec import Manifest, decode_state, encode_state, sha256_hex, write_atomic
 from zk0.config import Config, config_to_toml
-from zk0.errors import Zk0Error
+from zk0.errors import Zk0Error, disk_full
 from zk0.evaluation import describe_eval, evaluate_all, evaluation_setup
 from zk0.normalization import stats_to_json
 from zk0.policy import (
@@ -29,7 +29,6 @@ from zk0.policy import (
     resolve_device,
     trainable_state,
 )
-from zk0.rundir import disk_full
 from zk0.transport import GRPC_OPTIONS, is_loopback, server_credentials
 from zk0.v1 import federation_pb2_grpc as pb_grpc
 

@@ -5,15 +5,17 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import grpc
 import pytest
-from test_federation import BIN, client_thread, free_port, metrics, small_config, wait_for
+from test_federation import BIN, free_port, metrics, small_config, wait_for
 
 from coordinator.server import CoordinatorServer, ServerOptions
+from participant.client import ClientOptions, ParticipantClient
 from zk0.codec import sha256_hex
 from zk0.config import config_to_toml
 from zk0.transport import GRPC_OPTIONS
@@ -28,6 +30,30 @@ def serve_command(config, tmp_path: Path, run: Path, port: int) -> list[str]:
     config_path.write_text(config_to_toml(config))
     command = [str(BIN / "zk0-coordinator"), "serve", "--config", str(config_path), "--run-dir", str(run)]
     return command + ["--port", str(port), "--insecure", "--device", "cpu"]
+
+
+def patient_client(port: int, spec: str, lock: threading.Lock, errors: list) -> threading.Thread:
+    """A participant in a thread that keeps trying to reach a coordinator (restarting ones included) for
+    ten minutes: on a loaded machine a coordinator process takes a while to come up."""
+    options = ClientOptions(
+        coordinator=f"127.0.0.1:{port}",
+        dataset=spec,
+        name=spec.removeprefix("demo:"),
+        insecure=True,
+        device="cpu",
+        progress=False,
+        give_up_s=600,
+    )
+
+    def run() -> None:
+        try:
+            ParticipantClient(options, train_lock=lock).run()
+        except Exception as e:  # noqa: BLE001 - surfaced by the test's assertion on `errors`
+            errors.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 def aggregated(run: Path) -> dict[int, list[dict]]:
@@ -48,6 +74,7 @@ def test_coordinator_killed_between_aggregating_and_recording_a_round_redoes_it(
         "federation.min_participants=2",
         "federation.min_updates=2",
         "eval.batches=4",  # the evaluation between the model file and its record takes a moment
+        "federation.join_timeout_s=600",
         'data.participants=["demo:p0", "demo:p1"]',
     )
     run, port = tmp_path / "run", free_port()
@@ -55,10 +82,11 @@ def test_coordinator_killed_between_aggregating_and_recording_a_round_redoes_it(
     first_log = tmp_path / "first.log"
     first = subprocess.Popen(command, env=ENV, stdout=first_log.open("w"), stderr=subprocess.STDOUT)
     lock, errors = threading.Lock(), []
-    threads = [client_thread(port, spec, lock, errors) for spec in ("demo:p0", "demo:p1")]
     model_1 = run / "models" / "round-0001.safetensors"
     try:
-        wait_for(model_1.exists, 300, "round 1's global model file")
+        wait_for(lambda: "serving on" in first_log.read_text(), 600, "the coordinator to serve")
+        threads = [patient_client(port, spec, lock, errors) for spec in ("demo:p0", "demo:p1")]
+        wait_for(model_1.exists, 600, "round 1's global model file")
         first.send_signal(signal.SIGKILL)
         first.wait()
         killed_state = json.loads((run / "state.json").read_text())
@@ -66,7 +94,7 @@ def test_coordinator_killed_between_aggregating_and_recording_a_round_redoes_it(
         assert killed_state["completed_round"] <= 1
         second_log = tmp_path / "second.log"
         second = subprocess.run(
-            command, env=ENV, stdout=second_log.open("w"), stderr=subprocess.STDOUT, timeout=400
+            command, env=ENV, stdout=second_log.open("w"), stderr=subprocess.STDOUT, timeout=900
         )
     finally:
         first.kill()
@@ -105,7 +133,7 @@ class StalledUploader:
             frames=10,
             fps=30.0,
         )
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 600
         while True:  # the coordinator process is still starting
             try:
                 self.stub.Join(pb.JoinRequest(participant_name="stalled", dataset=dataset), timeout=10)
@@ -153,6 +181,7 @@ def test_resume_after_a_kill_mid_upload_drops_spool_parts_and_a_torn_metrics_lin
         "federation.rounds=1",
         "federation.min_participants=1",
         "federation.min_updates=1",
+        "federation.join_timeout_s=600",
         'data.participants=["demo:p0"]',
     )
     run, port = tmp_path / "run", free_port()
@@ -163,7 +192,7 @@ def test_resume_after_a_kill_mid_upload_drops_spool_parts_and_a_torn_metrics_lin
     uploader = StalledUploader(port)
     try:
         uploader.join_and_start_upload()
-        wait_for(lambda: list(run.glob("updates/round-0001/.*.part")), 120, "the upload's spool file")
+        wait_for(lambda: list(run.glob("updates/round-0001/.*.part")), 300, "the upload's spool file")
         coordinator.send_signal(signal.SIGKILL)
         coordinator.wait()
     finally:
@@ -179,3 +208,49 @@ def test_resume_after_a_kill_mid_upload_drops_spool_parts_and_a_torn_metrics_lin
     assert not list(run.rglob("*.part"))
     assert metrics(run) == before  # the torn line is gone, every whole record kept
     assert server.coordinator.global_round == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1200 KiB tmpfs: room for the initial model file (~770 KiB) but not for the best model's copy."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    command = ["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount)]
+    mounted = subprocess.run(command, capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_with_one_line_and_the_run_resumes_once_space_is_freed(demo_root, small_disk):
+    run = small_disk / "run"
+    overrides = [
+        f'demo.root="{demo_root}"',
+        "demo.episodes=3",
+        "demo.frames_per_episode=30",
+        "train.device=cpu",
+        "train.local_steps=2",
+        "eval.batches=1",
+        "federation.rounds=1",
+        'data.participants=["demo:p0", "demo:p1"]',
+        "federation.min_participants=2",
+        "federation.min_updates=2",
+    ]
+    sets = [a for o in overrides for a in ("--set", o)]
+    command = [sys.executable, "-m", "zk0.cli", "simulate", "--run-dir", str(run), "--no-progress", *sets]
+    root = Path(__file__).parent.parent
+
+    full = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=root, env=ENV)
+    assert full.returncode == 2, full.stderr[-3000:]
+    assert "Traceback" not in full.stderr, full.stderr[-3000:]
+    assert full.stderr.strip().splitlines()[-1].startswith("zk0: error: no space left on the device")
+
+    subprocess.run(["mount", "-o", "remount,size=256m", str(small_disk)], check=True)
+    freed = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=root, env=ENV)
+    assert freed.returncode == 0, freed.stderr[-3000:]
+    records = aggregated(run)
+    assert sorted(records) == [0, 1] and all(len(e) == 1 for e in records.values())
+    assert json.loads((run / "state.json").read_text())["completed_round"] == 1
+    assert (run / "final" / "model.safetensors").exists()

@@ -3,7 +3,6 @@ and run.json (which command's run it is, and whether it finished)."""
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
@@ -24,7 +23,6 @@ METRICS_FILE = "metrics.jsonl"
 FINAL_DIR = "final"
 TENSORBOARD_DIR = "tensorboard"
 RUN_FILE = "run.json"
-NO_SPACE = "No space left on device"
 
 
 class RunDir:
@@ -139,19 +137,3 @@ def flatten(entry: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:
         elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             out.append((tag, float(value)))
     return out
-
-
-def disk_full(error: BaseException, run_dir: Path) -> Zk0Error | None:
-    """The one line for an operator when a write failed for want of space (None for any other error):
-    every write of a run directory is atomic or recovered on resume, so freeing space and rerunning the
-    same command resumes the run."""
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        where = f" writing {error.filename}" if error.filename else ""
-    elif NO_SPACE in str(error):  # safetensors' writer reports the OS error inside its own exception
-        where = ""
-    else:
-        return None
-    return Zk0Error(
-        f"no space left on the device{where}; the run directory {run_dir} is consistent: "
-        "free space and rerun the same command to resume"
-    )
