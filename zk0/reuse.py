@@ -77,8 +77,9 @@ def run_kind(path: Path) -> str:
 
 def reuse_run_dir(path: Path, config: Config, kind: str, *, overwrite: bool = False) -> Reuse:
     """Apply the rule (module docstring) to `path` for a `kind` command with `config`: returns what to do,
-    or raises Zk0Error saying why not. Its only writes: --overwrite's deletion, a federated run's config
-    snapshot when federation.rounds changes, and run.json's `finished` cleared when a run goes on."""
+    or raises Zk0Error saying why not. Its only writes: the deletion of the run for --overwrite or of an
+    incomplete centralized one, a federated run's config snapshot when federation.rounds changes, and
+    run.json's `finished` cleared when a run goes on."""
     assert kind in KINDS, kind
     path = Path(path)
     holds_run = (path / CONFIG_FILE).exists()
