@@ -162,3 +162,36 @@ def test_simulate_reports_a_finished_run_and_extends_it_when_rounds_rise(demo_ro
     assert [e["round"] for e in RunDir(run).read_metrics() if "version" in e] == [0, 1, 2]
     assert "rounds = 2" in (run / CONFIG_FILE).read_text()
     assert RunDir(run).info()["finished"] is True
+
+
+def test_recover_drops_records_of_rounds_not_completed_and_rederives_the_best(tmp_path):
+    """A coordinator killed after recording round 2 (and keeping it as best) but before marking it
+    completed: on reopening, round 2's record goes, the best is round 1 again, leftovers are removed."""
+    from coordinator.store import RunStore
+    from zk0.codec import sha256_hex
+
+    path, cfg = tmp_path / "run", config("federation.rounds=3")
+    store, resumed = RunStore.open(path, cfg)
+    assert not resumed
+    models = {r: f"model {r}".encode() for r in range(3)}
+    losses = {0: 2.0, 1: 1.5, 2: 1.0}
+    for r, data in models.items():
+        store.model_path(r).parent.mkdir(exist_ok=True)
+        store.model_path(r).write_bytes(data)
+        entry = {"round": r, "version": sha256_hex(data), "eval": {"composite": {"loss": losses[r]}}}
+        store.run.record(entry, step=r)
+        if r < 2:
+            store.mark_completed(r, sha256_hex(data), len(data))
+        store.save_best(r, sha256_hex(data), losses[r])  # each round beat the one before
+    store.run.close()
+    spool = store.round_dir(3) / ".p0.safetensors.abc.part"
+    spool.parent.mkdir(parents=True)
+    spool.write_bytes(b"half")
+
+    store, resumed = RunStore.open(path, cfg)
+    store.run.close()
+    assert resumed
+    assert [e["round"] for e in store.run.read_metrics()] == [0, 1]
+    record, data = store.best()
+    assert record == {"round": 1, "version": sha256_hex(models[1]), "loss": 1.5} and data == models[1]
+    assert not spool.exists()
