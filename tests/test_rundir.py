@@ -108,7 +108,7 @@ def test_the_commands_apply_the_rule_before_any_work(tmp_path):
             [sys.executable, "-m", "zk0.cli", *command, str(path), "--set", "federation.rounds=2"],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=600,
             cwd=CONFIGS.parent,
         )
         assert result.returncode == 2, result.stderr
@@ -195,3 +195,21 @@ def test_recover_drops_records_of_rounds_not_completed_and_rederives_the_best(tm
     record, data = store.best()
     assert record == {"round": 1, "version": sha256_hex(models[1]), "loss": 1.5} and data == models[1]
     assert not spool.exists()
+
+
+def test_serve_on_a_finished_run_says_so_in_one_line_and_exits_0(tmp_path):
+    path, cfg = tmp_path / "run", config()
+    federated_run(path, cfg, completed=2, finished=True)
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(config_to_toml(cfg))
+    command = [sys.executable, "-m", "coordinator.cli", "serve", "--config", str(config_path)]
+    result = subprocess.run(
+        [*command, "--run-dir", str(path), "--insecure", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=CONFIGS.parent,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = f"results in {path / 'final'} and {path / 'metrics.jsonl'}"
+    assert result.stdout == f"zk0-coordinator: {path} holds this run, finished after 2 rounds: {results}\n"
