@@ -17,6 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve a federated run (resumes it when --run-dir already holds it)")
     add_config_args(p, default=None)
     p.add_argument("--run-dir", type=Path, required=True, help="the run directory (created, or resumed)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="delete the run already in --run-dir and start afresh"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=50051, help="port to listen on (default 50051; 0 = any free)")
     p.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
@@ -43,9 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_serve(args: argparse.Namespace) -> int:
     from coordinator.server import CoordinatorServer, ServerOptions
     from zk0.config import load_config
+    from zk0.reuse import reuse_run_dir
 
     quiet_libraries()
     config = load_config(args.config, args.overrides)
+    reuse = reuse_run_dir(args.run_dir, config, "federated", overwrite=args.overwrite)  # before any work
+    if reuse.message:
+        print(f"zk0-coordinator: {reuse.message}", flush=True)
+    if reuse.action == "finished":
+        return 0
     options = ServerOptions(
         host=args.host,
         port=args.port,

@@ -16,9 +16,9 @@ from coordinator.rounds import Coordinator, RoundState
 from coordinator.service import FederationService, read_tokens
 from coordinator.store import RunStore
 from zk0 import hub
-from zk0.codec import Manifest, decode_state, encode_state
+from zk0.codec import Manifest, decode_state, encode_state, sha256_hex, write_atomic
 from zk0.config import Config, config_to_toml
-from zk0.errors import Zk0Error
+from zk0.errors import Zk0Error, disk_full
 from zk0.evaluation import describe_eval, evaluate_all, evaluation_setup
 from zk0.normalization import stats_to_json
 from zk0.policy import (
@@ -107,11 +107,11 @@ class CoordinatorServer:
         )
         self.base_mu, self.base_lr = config.federation.round_mu, config.train.lr
         completed = self.store.completed() if resumed else None
-        if completed is None:
+        if completed is None:  # round 0 is the initial model, completed like any round once recorded
             data = encode_state(initial)
-            version = self.store.save_global(0, data)
-            self.coordinator.set_global(0, data, version)
-            self._after_round(0, {"round": 0, "version": version})
+            write_atomic(self.store.model_path(0), data)
+            self.coordinator.set_global(0, data, sha256_hex(data))
+            self._after_round(0, {"round": 0, "version": sha256_hex(data)})
         else:
             round_idx, version, data = completed
             self.coordinator.set_global(round_idx, data, version)
@@ -150,6 +150,9 @@ class CoordinatorServer:
             for rule in decision.rules:
                 log.info("round %d: %s", round_idx, rule)
         self.store.run.record(entry, step=round_idx)
+        # Completed only once recorded: a crash before this line redoes the round (RunStore.recover drops
+        # its record), so every completed round has exactly one record of its aggregation.
+        self.store.mark_completed(round_idx, entry["version"], self.coordinator.global_size)
         write_charts(self.store.run.read_metrics(), self.store.path)
         self._apply(decision, round_idx)
 
@@ -230,6 +233,7 @@ class CoordinatorServer:
         if self.options.push_to_hub:
             url = hub.push_folder(run.final_dir, self.options.push_to_hub, private=not self.options.public)
             log.info("pushed %s to %s", run.final_dir, url)
+        run.mark_finished()  # last: a rerun of this command now reports the run instead of redoing this
 
     def _drive(self) -> None:
         try:
@@ -239,7 +243,7 @@ class CoordinatorServer:
             if not self.stop_event.is_set():
                 self._finish_run()
         except BaseException as e:  # noqa: BLE001 - handed to the thread that waits, which re-raises it
-            self.error = e
+            self.error = disk_full(e, self.store.path) or e
             log.error("coordinator stopped: %s", e)
 
     def wait(self, timeout: float | None = None) -> None:

@@ -23,6 +23,7 @@ from participant.lightning_module import RoundPlan, SmolVLAModule
 from participant.local_training import LocalTrainer
 from zk0.codec import encode_state, sha256_hex
 from zk0.config import Config, config_to_toml
+from zk0.errors import Zk0Error
 from zk0.evaluation import describe_eval, evaluate_all, evaluation_setup
 from zk0.normalization import with_shared
 from zk0.policy import (
@@ -34,6 +35,7 @@ from zk0.policy import (
     trainable_state,
 )
 from zk0.report import model_card, write_charts
+from zk0.reuse import reuse_run_dir
 from zk0.rundir import RunDir
 from zk0.sources import Source, check_same_layout, demo_root, open_source, training_split
 
@@ -46,12 +48,18 @@ def run_centralized(
     config: Config, run_dir: Path, *, progress: bool = True, device: str | None = None
 ) -> list[dict]:
     """Train, evaluate after every round (and before the first), export final/ and best/ with a model card
-    and charts; returns the metrics. `device` overrides train.device."""
+    and charts; returns the metrics. `device` overrides train.device.
+
+    No mid-run checkpoint: `run_dir` must hold no run, or an incomplete one of this config (which restarts
+    from scratch), by the rule of `zk0.reuse.reuse_run_dir`, checked before any work."""
+    reuse = reuse_run_dir(run_dir, config, "centralized")
+    if reuse.action == "finished":
+        raise Zk0Error(reuse.message)
     device = resolve_device(device or config.train.device)
     sources = [open_source(spec, config) for spec in config.data.participants]
     eval_sources = [open_source(spec, config) for spec in config.data.eval]
     check_same_layout(sources + eval_sources)
-    run = RunDir.create(run_dir, config)
+    run = RunDir.create(run_dir, config, kind="centralized")
     # The coordinator's evaluation policy (built first: it seeds like the training policy below, so both
     # start from the same initial model) scores every round's trained weights.
     eval_bundle, eval_sets = evaluation_setup(config, device=device)
@@ -131,6 +139,7 @@ def run_centralized(
         run.record(entry, step=round_idx)
         history.append(entry)
     _finish(config, run, (eval_bundle, eval_sets), sources, bundle, history, best, best_state)
+    run.mark_finished()
     run.close()
     log.info("wrote %s, %s and %s", run.final_dir, run.path / BEST_DIR, run.metrics_path)
     return history

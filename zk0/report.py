@@ -232,8 +232,9 @@ def write_charts(entries: Sequence[Entry], out_dir: Path, *, run: str = "federat
             _plot(lr_ax, points, marker="^", linestyle="--", label=f"boosted lr of {name}")
         for r, entry in kept.items():
             adaptive = entry.get("adaptive") or {}
-            if adaptive.get("rollback") or adaptive.get("hold"):
-                what = "rollback to the best model after" if adaptive.get("rollback") else "spike guard hold"
+            if adaptive.get("adaptive_rollback") or adaptive.get("adaptive_hold"):  # Decision.to_metrics
+                rollback = adaptive.get("adaptive_rollback")
+                what = "rollback to the best model after" if rollback else "spike guard hold"
                 lr_ax.axvline(r, color="red", linestyle=":", linewidth=1, label=what)
         _style_axes(lr_ax, xlabel=xlabel, ylabel="learning rate", title="Learning rate per round", values=[])
         if all(v > 0 for _, v in lr) and all(v > 0 for p in boosted.values() for _, v in p):
