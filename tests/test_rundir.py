@@ -30,7 +30,7 @@ def federated_run(path: Path, cfg, *, completed: int, finished: bool) -> RunDir:
 
 
 def test_config_differences_name_the_keys_only():
-    a, b = config(), config("train.lr=0.5", "federation.rounds=9")
+    a, b = config(), config("train.lr=0.005", "federation.rounds=9")
     assert config_differences(config_to_toml(a), config_to_toml(b)) == ["federation.rounds", "train.lr"]
     assert config_differences(config_to_toml(a), config_to_toml(b), ignore=("federation.rounds",)) == [
         "train.lr"
@@ -63,7 +63,7 @@ def test_another_config_is_refused_naming_the_keys(tmp_path):
     path = tmp_path / "run"
     federated_run(path, config(), completed=1, finished=False)
     with pytest.raises(Zk0Error) as refused:
-        reuse_run_dir(path, config("train.lr=0.5", "seed=7"), "federated")
+        reuse_run_dir(path, config("train.lr=0.005", "seed=7"), "federated")
     message = str(refused.value)
     assert "differing: seed, train.lr" in message and "--overwrite" in message
     assert "\n" not in message and "+" not in message  # keys, not a diff dump
@@ -84,7 +84,7 @@ def test_raising_rounds_extends_a_finished_federated_run_and_lowering_below_done
 def test_overwrite_deletes_the_run_and_starts_afresh(tmp_path):
     path = tmp_path / "run"
     federated_run(path, config(), completed=2, finished=True)
-    assert reuse_run_dir(path, config("train.lr=0.5"), "federated", overwrite=True).action == "fresh"
+    assert reuse_run_dir(path, config("train.lr=0.005"), "federated", overwrite=True).action == "fresh"
     assert not path.exists()
 
 
@@ -103,7 +103,7 @@ def test_the_commands_apply_the_rule_before_any_work(tmp_path):
     """zk0 centralized into a federated run's directory refuses at once, with one line and exit 2."""
     path = tmp_path / "run"
     federated_run(path, config(), completed=1, finished=False)
-    for command in (["centralized", "--run-dir"], ["simulate", "--set", "train.lr=0.5", "--run-dir"]):
+    for command in (["centralized", "--run-dir"], ["simulate", "--set", "train.lr=0.005", "--run-dir"]):
         result = subprocess.run(
             [sys.executable, "-m", "zk0.cli", *command, str(path), "--set", "federation.rounds=2"],
             capture_output=True,
