@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,21 +38,19 @@ from zk0.errors import Zk0Error
 from zk0.evaluation import evaluate
 from zk0.normalization import stats_from_json, with_shared
 from zk0.policy import build_policy, frozen_fingerprint, load_trainable_state, resolve_device, trainable_state
-from zk0.sources import Source, demo_root, open_source, training_split
+from zk0.rename import rename_batches
+from zk0.sources import Source, check_spec, demo_root, open_source, training_split
 from zk0.transport import GRPC_OPTIONS, channel_credentials, is_loopback, token_metadata
 from zk0.v1 import federation_pb2 as pb
 from zk0.v1 import federation_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-# RESOURCE_EXHAUSTED: the coordinator is at its bound of concurrent transfers (federation.max_transfers).
-RETRYABLE = (
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-)
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+# A transfer refused because the coordinator is at federation.max_transfers: retried like a busy join.
+BUSY = (grpc.StatusCode.RESOURCE_EXHAUSTED,)
 DOWNLOAD_ATTEMPTS = 5
+LEAVE_TIMEOUT_S = 3.0  # a stopping participant says so, but never waits long on a coordinator that is gone
 
 
 @dataclass
@@ -68,6 +66,7 @@ class ClientOptions:
     device: str = "auto"
     give_up_s: float = 600.0
     progress: bool = True
+    rename: dict[str, str] = field(default_factory=dict)  # --rename: the dataset's names -> the run's
 
 
 class NotRegistered(Exception):
@@ -87,6 +86,7 @@ class ParticipantRuntime:
         self.bundle = build_policy(
             config.model, source.meta, stats, device=device, demo_root=demo_root(config)
         )
+        rename_batches(self.bundle.preprocessor, source.rename)
         delta = resolve_delta_timestamps(self.bundle.policy.config, source.meta)
         train, self.heldout = training_split(
             source, heldout=config.data.heldout_episodes, delta_timestamps=delta
@@ -146,7 +146,9 @@ class ParticipantClient:
         self.channel = self._channel()
         self.stub = pb_grpc.FederationStub(self.channel)
         self.runtime: ParticipantRuntime | None = None
+        self.checked: Source | None = None  # the dataset as checked before the first join
         self.lease_s = 10.0
+        self.session = ""  # issued by the coordinator at join; every later call carries it
         self.stopped = threading.Event()
         self.need_join = threading.Event()
         self.joined = threading.Event()
@@ -156,6 +158,8 @@ class ParticipantClient:
         o = self.options
         host = o.coordinator.rsplit(":", 1)[0]
         if o.insecure:
+            if o.tls_ca or o.tls_cert or o.tls_key:
+                raise Zk0Error("--insecure contradicts --tls-ca/--tls-cert/--tls-key (TLS would be ignored)")
             if not is_loopback(host):
                 raise Zk0Error(f"--insecure only reaches a loopback coordinator, not {host}; use TLS")
             return grpc.insecure_channel(o.coordinator, options=GRPC_OPTIONS)
@@ -164,21 +168,24 @@ class ParticipantClient:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _call(self, fn: Callable[[], Any], what: str) -> Any:
-        """Run one RPC, retrying with backoff while the coordinator is unreachable."""
+    def _call(self, fn: Callable[[], Any], what: str, retry: tuple[grpc.StatusCode, ...] = ()) -> Any:
+        """Run one RPC, retrying with backoff while the coordinator is unreachable (or answers one of
+        `retry`, e.g. a join refused as RESOURCE_EXHAUSTED while joins are rate-limited)."""
         delay, started = 0.5, time.monotonic()
         while True:
             try:
                 return fn()
             except grpc.RpcError as e:
                 code = e.code()
-                if code in RETRYABLE and not self.stopped.is_set():
+                if (code in RETRYABLE or code in retry) and not self.stopped.is_set():
                     waited = time.monotonic() - started
+                    why = "coordinator unreachable" if code in RETRYABLE else "coordinator busy"
+                    why += f" ({code.name}: {e.details()})" if e.details() else f" ({code.name})"
                     if waited > self.options.give_up_s:
                         raise Zk0Error(
-                            f"coordinator {self.options.coordinator} unreachable for {waited:.0f}s ({what})"
+                            f"coordinator {self.options.coordinator}: {why} for {waited:.0f}s ({what})"
                         ) from e
-                    log.warning("%s: coordinator unreachable (%s); retrying in %.1fs", what, code.name, delay)
+                    log.warning("%s: %s; retrying in %.1fs", what, why, delay)
                     time.sleep(delay)
                     delay = min(delay * 2, 10.0)
                     continue
@@ -194,7 +201,9 @@ class ParticipantClient:
                 continue
             try:
                 reply = self.stub.Heartbeat(
-                    pb.HeartbeatRequest(participant_id=self.options.name), metadata=self.metadata, timeout=10
+                    pb.HeartbeatRequest(participant_id=self.options.name, session_id=self.session),
+                    metadata=self.metadata,
+                    timeout=10,
                 )
             except grpc.RpcError as e:
                 log.debug("heartbeat failed: %s", e.code().name)
@@ -206,20 +215,24 @@ class ParticipantClient:
 
     def join(self) -> None:
         o = self.options
-        source = self.runtime.source if self.runtime else None
+        source = self.runtime.source if self.runtime else self.checked
         reply = self._call(
             lambda: self.stub.Join(
-                pb.JoinRequest(participant_name=o.name, dataset=describe(source, o.dataset)),
+                pb.JoinRequest(
+                    participant_name=o.name, dataset=describe(source, o.dataset), session_id=self.session
+                ),
                 metadata=self.metadata,
                 timeout=30,
             ),
             "join",
+            retry=(grpc.StatusCode.RESOURCE_EXHAUSTED,),
         )
         self.lease_s = reply.lease_seconds
+        self.session = reply.session_id
         self.joined.set()
         if self.runtime is None:
             config = load_config_text(reply.config_toml, f"the config sent by {o.coordinator}")
-            source = open_source(o.dataset, config)
+            source = open_source(o.dataset, config, o.rename)
             device = resolve_device(o.device)
             shared = stats_from_json(reply.normalization_json) if reply.normalization_json else None
             log.info("%s: building the policy and datasets for %s on %s", o.name, o.dataset, device)
@@ -238,10 +251,13 @@ class ParticipantClient:
 
     def run(self) -> int:
         """Take part until the coordinator says the run is done; returns the number of rounds trained."""
+        # A bad dataset is the participant's to fix: say so before contacting anyone, not after joining.
+        self.checked = check_spec(self.options.dataset, self.options.rename)
         beat = threading.Thread(
             target=self._heartbeats, name=f"zk0-heartbeat-{self.options.name}", daemon=True
         )
         beat.start()  # before the first join's model build, which can outlast a lease
+        finished, why = False, "stopped"
         try:
             self.join()
             while True:
@@ -250,7 +266,7 @@ class ParticipantClient:
                 try:
                     reply = self._call(
                         lambda: self.stub.GetTask(
-                            pb.GetTaskRequest(participant_id=self.options.name),
+                            pb.GetTaskRequest(participant_id=self.options.name, session_id=self.session),
                             metadata=self.metadata,
                             timeout=30,
                         ),
@@ -261,6 +277,7 @@ class ParticipantClient:
                     continue
                 kind = reply.WhichOneof("task")
                 if kind == "done":
+                    finished = True
                     log.info(
                         "%s: run finished (%s) after %d rounds",
                         self.options.name,
@@ -275,9 +292,29 @@ class ParticipantClient:
                     self.train_round(reply.train)
                 except NotRegistered:
                     self.join()
+        except BaseException as e:
+            why = (
+                "interrupted"
+                if isinstance(e, KeyboardInterrupt)
+                else f"stopped by an error ({type(e).__name__})"
+            )
+            raise
         finally:
             self.stopped.set()
+            if not finished:
+                self.leave(why)
             self.channel.close()
+
+    def leave(self, reason: str) -> None:
+        """Tell the coordinator we stop, so it drops us from its round at once instead of waiting for our
+        lease to lapse. Best effort: a coordinator that is gone or slow must not hold up stopping."""
+        if not self.session:
+            return
+        request = pb.LeaveRequest(participant_id=self.options.name, session_id=self.session, reason=reason)
+        try:
+            self.stub.Leave(request, metadata=self.metadata, timeout=LEAVE_TIMEOUT_S)
+        except grpc.RpcError as e:
+            log.info("%s: could not tell the coordinator we leave (%s)", self.options.name, e.code().name)
 
     def download(self, task: pb.TrainTask) -> bytes:
         """Pull the round's model, resuming from the last byte received; a corrupt model is refused."""
@@ -301,7 +338,10 @@ class ParticipantClient:
         delay = 0.5
         while True:
             request = pb.DownloadModelRequest(
-                participant_id=self.options.name, version=task.model_version, offset=assembler.received
+                participant_id=self.options.name,
+                version=task.model_version,
+                offset=assembler.received,
+                session_id=self.session,
             )
             try:
                 for message in self.stub.DownloadModel(request, metadata=self.metadata, timeout=600):
@@ -314,7 +354,7 @@ class ParticipantClient:
             except grpc.RpcError as e:
                 if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
                     raise NotRegistered(e.details()) from e
-                if e.code() not in RETRYABLE:
+                if e.code() not in RETRYABLE + BUSY:
                     raise Zk0Error(f"download failed: {e.code().name}: {e.details()}") from e
                 log.warning(
                     "download interrupted at byte %d (%s); resuming", assembler.received, e.code().name
@@ -342,6 +382,7 @@ class ParticipantClient:
                             version=task.model_version,
                             sample_count=int(local_eval["samples"]),
                             metrics=local_eval,
+                            session_id=self.session,
                         ),
                         metadata=self.metadata,
                         timeout=30,
@@ -362,12 +403,14 @@ class ParticipantClient:
             metrics=metrics,
             size=len(payload),
             sha256=sha256_hex(payload),
+            session_id=self.session,
         )
         reply = self._call(
             lambda: self.stub.UploadUpdate(
                 self._upload_messages(header, payload), metadata=self.metadata, timeout=600
             ),
             "upload",
+            retry=BUSY,
         )
         if reply.accepted:
             self.rounds_done += 1

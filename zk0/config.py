@@ -146,6 +146,15 @@ class FederationConfig:
     header_timeout_s: float = 10.0
     # A transfer that moved no bytes this long is cancelled (progress-based: a slow but moving one never is).
     transfer_idle_timeout_s: float = 60.0
+    # An update farther than this (L2 distance from the round's base model) is refused at upload; 0 = off.
+    max_update_norm: float = 10000.0
+    # With 3+ updates, one farther than this x the round's median distance is left out; 0 = off.
+    update_norm_median_factor: float = 10.0
+    # Membership bounds (coordinator/membership.py): live members at once, and new sessions admitted per
+    # second on average with bursts of join_burst (a token bucket); refused joins are RESOURCE_EXHAUSTED.
+    max_members: int = 256
+    joins_per_second: float = 20.0
+    join_burst: int = 50
 
     def check(self) -> None:
         _positive("federation.rounds", self.rounds)
@@ -172,6 +181,18 @@ class FederationConfig:
         _positive("federation.max_transfers", self.max_transfers)
         _positive("federation.header_timeout_s", self.header_timeout_s)
         _positive("federation.transfer_idle_timeout_s", self.transfer_idle_timeout_s)
+        _non_negative("federation.max_update_norm", self.max_update_norm)
+        factor = self.update_norm_median_factor
+        if factor != 0 and not factor > 1:
+            raise ConfigError(f"federation.update_norm_median_factor: {factor} must be > 1 (0 = off)")
+        _positive("federation.max_members", self.max_members)
+        if self.max_members < self.min_participants:
+            raise ConfigError(
+                f"federation.max_members: {self.max_members} is below federation.min_participants "
+                f"{self.min_participants}, so the run could never start"
+            )
+        _positive("federation.joins_per_second", self.joins_per_second)
+        _positive("federation.join_burst", self.join_burst)
 
     @property
     def round_mu(self) -> float:
@@ -270,22 +291,35 @@ class AdaptiveConfig:
         _positive("adaptive.spike_window", self.spike_window)
 
     def check_against(self, federation: FederationConfig, train: TrainConfig) -> None:
-        """The starting values must lie within the clamps of the rules that are on."""
-        if self.mu_dynamic:
-            if federation.strategy != "fedprox":
-                raise ConfigError(
-                    f'adaptive.mu_dynamic: needs federation.strategy = "fedprox" '
-                    f"({federation.strategy} trains with mu = 0)"
-                )
+        """The starting values must lie within the clamps, as the config documents: train.lr within
+        [lr_min, lr_max] always (they bound every LR a participant is sent), federation.mu within
+        [mu_min, mu_max] whenever participants train with it (fedprox)."""
+        if self.mu_dynamic and federation.strategy != "fedprox":
+            raise ConfigError(
+                f'adaptive.mu_dynamic: needs federation.strategy = "fedprox" '
+                f"({federation.strategy} trains with mu = 0)"
+            )
+        if federation.strategy == "fedprox":
             if federation.mu < self.mu_min:
-                raise ConfigError(f"adaptive.mu_min: {self.mu_min} exceeds federation.mu {federation.mu}")
+                raise ConfigError(
+                    f"federation.mu: {federation.mu} is below adaptive.mu_min {self.mu_min} "
+                    f'(mu must lie within [mu_min, mu_max]; for mu = 0 use federation.strategy = "fedavg")'
+                )
             if federation.mu > self.mu_max:
-                raise ConfigError(f"adaptive.mu_max: {self.mu_max} is below federation.mu {federation.mu}")
-        if self.lr_adjust or self.lr_boost:
-            if train.lr < self.lr_min:
-                raise ConfigError(f"adaptive.lr_min: {self.lr_min} exceeds train.lr {train.lr}")
-            if train.lr > self.lr_max:
-                raise ConfigError(f"adaptive.lr_max: {self.lr_max} is below train.lr {train.lr}")
+                raise ConfigError(
+                    f"federation.mu: {federation.mu} exceeds adaptive.mu_max {self.mu_max} "
+                    "(mu must lie within [mu_min, mu_max])"
+                )
+        if train.lr < self.lr_min:
+            raise ConfigError(
+                f"train.lr: {train.lr} is below adaptive.lr_min {self.lr_min} "
+                "(lr must lie within [lr_min, lr_max])"
+            )
+        if train.lr > self.lr_max:
+            raise ConfigError(
+                f"train.lr: {train.lr} exceeds adaptive.lr_max {self.lr_max} "
+                "(lr must lie within [lr_min, lr_max])"
+            )
 
 
 @dataclass
