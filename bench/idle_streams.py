@@ -30,15 +30,17 @@ from zk0.v1 import federation_pb2_grpc as pb_grpc
 TOKENS = {"p0": "p0-token-0123456789", "p1": "p1-token-0123456789"}
 
 
-def time_calls(stub: pb_grpc.FederationStub, calls: int) -> list[float]:
+def time_calls(stub: pb_grpc.FederationStub, calls: int, session: str) -> list[float]:
     md = token_metadata(TOKENS["p0"])
     seconds = []
     for i in range(calls):
         started = time.perf_counter()
         if i % 2:
-            stub.Heartbeat(pb.HeartbeatRequest(participant_id="p0"), metadata=md, timeout=30)
+            stub.Heartbeat(
+                pb.HeartbeatRequest(participant_id="p0", session_id=session), metadata=md, timeout=30
+            )
         else:
-            stub.GetTask(pb.GetTaskRequest(participant_id="p0"), metadata=md, timeout=30)
+            stub.GetTask(pb.GetTaskRequest(participant_id="p0", session_id=session), metadata=md, timeout=30)
         seconds.append(time.perf_counter() - started)
     return seconds
 
@@ -83,9 +85,10 @@ def main() -> None:
         )
         channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS)
         stub = pb_grpc.FederationStub(channel)
-        stub.Join(pb.JoinRequest(participant_name="p0"), metadata=token_metadata(TOKENS["p0"]), timeout=30)
-        time_calls(stub, 20)  # warm-up
-        base = describe("0 idle streams", time_calls(stub, args.calls))
+        md = token_metadata(TOKENS["p0"])
+        session = stub.Join(pb.JoinRequest(participant_name="p0"), metadata=md, timeout=30).session_id
+        time_calls(stub, 20, session)  # warm-up
+        base = describe("0 idle streams", time_calls(stub, args.calls, session))
 
         def nothing():
             hold.wait()
@@ -100,7 +103,7 @@ def main() -> None:
             )
             for i in range(args.streams)
         ]
-        loaded = describe(f"{args.streams} idle streams", time_calls(stub, args.calls))
+        loaded = describe(f"{args.streams} idle streams", time_calls(stub, args.calls, session))
         elapsed = time.perf_counter() - opened
         refused = sum(f.done() for f in idle)
         print(

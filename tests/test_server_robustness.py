@@ -90,11 +90,6 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def full_dataset() -> pb.DatasetDescription:
-    feature = pb.FeatureSpec(name="observation.state", dtype="float32", shape=[6])
-    return pb.DatasetDescription(repo_id="r", episodes=1, frames=1, fps=10, features=[feature])
-
-
 # ---------------------------------------------------------------------------------------- idle streams
 
 
@@ -109,12 +104,16 @@ def test_200_idle_upload_streams_leave_control_calls_answered_and_are_cancelled(
         idle += open_idle_uploads(port, 100, hold)
         channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS)
         stub, md = pb_grpc.FederationStub(channel), token_metadata(TOKENS["p1"])
-        joined = stub.Join(
-            pb.JoinRequest(participant_name="p1", dataset=full_dataset()), metadata=md, timeout=10
-        )
+        joined = stub.Join(pb.JoinRequest(participant_name="p1"), metadata=md, timeout=10)  # still loading
         assert joined.run_id
-        assert stub.Heartbeat(pb.HeartbeatRequest(participant_id="p1"), metadata=md, timeout=10).registered
-        task = stub.GetTask(pb.GetTaskRequest(participant_id="p1"), metadata=md, timeout=10)
+        session = joined.session_id
+        beat = stub.Heartbeat(
+            pb.HeartbeatRequest(participant_id="p1", session_id=session), metadata=md, timeout=10
+        )
+        assert beat.registered
+        task = stub.GetTask(
+            pb.GetTaskRequest(participant_id="p1", session_id=session), metadata=md, timeout=10
+        )
         assert task.WhichOneof("task") == "wait"
 
         wait_for(lambda: all(f.done() for f in idle), 60, "every idle stream to end")
