@@ -107,12 +107,10 @@ class FederationService(pb_grpc.FederationServicer):
         try:
             member = self.coordinator.join(name, dataset, request.session_id)
         except SessionConflict as e:
-            log.warning("refused a join from %s as %r: %s", context.peer(), name, e)
             context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e))
         except JoinsExhausted as e:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         except DatasetMismatch as e:
-            log.warning("refused participant %s: %s", name, e)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except Zk0Error as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
