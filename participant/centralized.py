@@ -82,19 +82,27 @@ def run_centralized(config: Config, run_dir: Path, *, progress: bool = True) -> 
         return entry
 
     history = []
-    entry = evaluated({"round": 0, "steps": 0})
-    run.record(entry, step=0)
-    history.append(entry)
-    for round_idx in range(1, config.federation.rounds + 1):
-        plan = RoundPlan(lr=config.train.lr, mu=0.0, steps=steps_per_round)
-        result = trainer.train_round(plan, seed=config.seed + round_idx)
-        log.info("round %d: train loss %.4f (%.1fs)", round_idx, result.policy_loss, result.seconds)
-        entry = evaluated(
-            {"round": round_idx, "steps": round_idx * steps_per_round, "train": result.as_dict()}
-        )
-        run.record(entry, step=round_idx)
+    try:  # an interrupt leaves metrics.jsonl whole up to the last completed round
+        entry = evaluated({"round": 0, "steps": 0})
+        run.record(entry, step=0)
         history.append(entry)
-    export_pretrained(bundle, run.final_dir)
-    run.close()
+        for round_idx in range(1, config.federation.rounds + 1):
+            plan = RoundPlan(lr=config.train.lr, mu=0.0, steps=steps_per_round)
+            result = trainer.train_round(plan, seed=config.seed + round_idx)
+            log.info(
+                "round %d: %d steps, train loss %.4f, %.1fs",
+                round_idx,
+                result.steps,
+                result.policy_loss,
+                result.seconds,
+            )
+            entry = evaluated(
+                {"round": round_idx, "steps": round_idx * steps_per_round, "train": result.as_dict()}
+            )
+            run.record(entry, step=round_idx)
+            history.append(entry)
+        export_pretrained(bundle, run.final_dir)
+    finally:
+        run.close()
     log.info("wrote %s and %s", run.final_dir, run.metrics_path)
     return history

@@ -21,6 +21,7 @@ import grpc
 import torch
 from lerobot.datasets.factory import resolve_delta_timestamps
 
+from participant.connection import diagnose, parse_address
 from participant.datamodule import LeRobotDataModule
 from participant.lightning_module import RoundPlan, SmolVLAModule
 from participant.local_training import LocalTrainer
@@ -36,6 +37,7 @@ from zk0.codec import (
 from zk0.config import Config, load_config_text
 from zk0.errors import Zk0Error
 from zk0.evaluation import evaluate
+from zk0.interrupts import STOP, check
 from zk0.normalization import stats_from_json, with_shared
 from zk0.policy import build_policy, frozen_fingerprint, load_trainable_state, resolve_device, trainable_state
 from zk0.sources import Source, demo_root, open_source, training_split
@@ -72,7 +74,13 @@ class ParticipantRuntime:
     """Policy, trainer and datasets, built once from the run's config and this participant's dataset."""
 
     def __init__(
-        self, config: Config, source: Source, device: str, progress: bool, shared_stats: dict | None
+        self,
+        config: Config,
+        source: Source,
+        device: str,
+        progress: bool,
+        shared_stats: dict | None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.config = config
         self.source = source
@@ -90,7 +98,7 @@ class ParticipantRuntime:
             train, batch_size=config.train.batch_size, num_workers=config.data.num_workers
         )
         self.trainer = LocalTrainer(
-            module, datamodule, device=device, precision=config.train.precision, progress=progress
+            module, datamodule, device=device, precision=config.train.precision, progress=progress, stop=stop
         )
         self.fingerprint = frozen_fingerprint(self.bundle.policy)
 
@@ -133,9 +141,20 @@ def describe(source: Source | None, spec: str) -> pb.DatasetDescription:
 
 
 class ParticipantClient:
-    def __init__(self, options: ClientOptions, *, train_lock: threading.Lock | None = None) -> None:
+    """`stop` (default: this process's SIGINT/SIGTERM flag) ends the participant promptly from any thread:
+    between RPCs, in backoff waits and at the next training batch, by raising `Interrupted`."""
+
+    def __init__(
+        self,
+        options: ClientOptions,
+        *,
+        train_lock: threading.Lock | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.options = options
         self.train_lock = train_lock
+        self.interrupt = stop if stop is not None else STOP
+        self.connected = False  # reached the coordinator at least once
         self.metadata = token_metadata(options.token)
         self.channel = self._channel()
         self.stub = pb_grpc.FederationStub(self.channel)
@@ -148,7 +167,7 @@ class ParticipantClient:
 
     def _channel(self) -> grpc.Channel:
         o = self.options
-        host = o.coordinator.rsplit(":", 1)[0]
+        host, _port = parse_address(o.coordinator)
         if o.insecure:
             if not is_loopback(host):
                 raise Zk0Error(f"--insecure only reaches a loopback coordinator, not {host}; use TLS")
@@ -160,20 +179,41 @@ class ParticipantClient:
 
     def _call(self, fn: Callable[[], Any], what: str) -> Any:
         """Run one RPC, retrying with backoff while the coordinator is unreachable."""
-        delay, started = 0.5, time.monotonic()
+        delay, started, attempt = 0.5, time.monotonic(), 0
+        address = self.options.coordinator
         while True:
+            check(self.interrupt)
             try:
-                return fn()
+                reply = fn()
+                self.connected = True
+                return reply
             except grpc.RpcError as e:
                 code = e.code()
+                check(self.interrupt)  # a stopping process's calls fail: that is not the coordinator's fault
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    failure = diagnose(e, insecure=self.options.insecure, ever_connected=self.connected)
+                    if not failure.retry:
+                        raise Zk0Error(f"cannot reach coordinator {address}: {failure.cause}") from e
+                    cause = failure.cause
+                else:
+                    cause = code.name
                 if code in RETRYABLE and not self.stopped.is_set():
                     waited = time.monotonic() - started
                     if waited > self.options.give_up_s:
                         raise Zk0Error(
-                            f"coordinator {self.options.coordinator} unreachable for {waited:.0f}s ({what})"
+                            f"coordinator {address} unreachable for {waited:.0f}s ({what}: {cause})"
                         ) from e
-                    log.warning("%s: coordinator unreachable (%s); retrying in %.1fs", what, code.name, delay)
-                    time.sleep(delay)
+                    attempt += 1
+                    limit = f", giving up after {self.options.give_up_s:g}s (--give-up-after)"
+                    log.warning(
+                        "%s: coordinator %s unreachable (%s); retrying in %.1fs%s",
+                        what,
+                        address,
+                        cause,
+                        delay,
+                        limit if attempt == 1 else "",
+                    )
+                    self.interrupt.wait(delay)
                     delay = min(delay * 2, 10.0)
                     continue
                 if code == grpc.StatusCode.FAILED_PRECONDITION:
@@ -184,7 +224,7 @@ class ParticipantClient:
 
     def _heartbeats(self) -> None:
         while not self.stopped.wait(self.lease_s / 3):
-            if not self.joined.is_set():
+            if not self.joined.is_set() or self.interrupt.is_set():
                 continue
             try:
                 reply = self.stub.Heartbeat(
@@ -218,7 +258,8 @@ class ParticipantClient:
             shared = stats_from_json(reply.normalization_json) if reply.normalization_json else None
             log.info("%s: building the policy and datasets for %s on %s", o.name, o.dataset, device)
             with self.train_lock or nullcontext():  # one device, and one global RNG seeding the backbone
-                self.runtime = ParticipantRuntime(config, source, device, o.progress, shared)
+                check(self.interrupt)
+                self.runtime = ParticipantRuntime(config, source, device, o.progress, shared, self.interrupt)
             if self.runtime.fingerprint != reply.frozen_sha256:
                 raise Zk0Error(
                     "this participant's frozen backbone differs from the coordinator's (fingerprint "
@@ -263,15 +304,22 @@ class ParticipantClient:
                     )
                     return self.rounds_done
                 if kind == "wait":
-                    time.sleep(reply.wait.seconds)
+                    self.interrupt.wait(reply.wait.seconds)
                     continue
                 try:
                     self.train_round(reply.train)
                 except NotRegistered:
                     self.join()
         finally:
-            self.stopped.set()
-            self.channel.close()
+            self.shutdown(beat)
+
+    def shutdown(self, beat: threading.Thread) -> None:
+        """In order: the heartbeat thread (joined, so no thread is inside a gRPC call at exit), then the
+        channel (which cancels a heartbeat still waiting on an unresponsive coordinator)."""
+        self.stopped.set()
+        beat.join(timeout=15)
+        self.channel.close()
+        beat.join()
 
     def download(self, task: pb.TrainTask) -> bytes:
         """Pull the round's model, resuming from the last byte received; a corrupt model is refused."""
@@ -310,10 +358,11 @@ class ParticipantClient:
                     raise NotRegistered(e.details()) from e
                 if e.code() not in RETRYABLE:
                     raise Zk0Error(f"download failed: {e.code().name}: {e.details()}") from e
+                check(self.interrupt)
                 log.warning(
                     "download interrupted at byte %d (%s); resuming", assembler.received, e.code().name
                 )
-                time.sleep(delay)
+                self.interrupt.wait(delay)
                 delay = min(delay * 2, 10.0)
 
     def train_round(self, task: pb.TrainTask) -> None:
@@ -325,6 +374,7 @@ class ParticipantClient:
             raise Zk0Error(f"model {task.model_version[:12]} does not match its manifest")
         hp = task.hyperparameters
         with self.train_lock or nullcontext():
+            check(self.interrupt)  # simulate's participants queue for the device: stop, do not train
             load_trainable_state(runtime.bundle.policy, state)
             local_eval = runtime.evaluate()
             if local_eval is not None:
@@ -365,7 +415,14 @@ class ParticipantClient:
         )
         if reply.accepted:
             self.rounds_done += 1
-            log.info("%s: round %d update accepted (loss %.4f)", name, task.round, result.policy_loss)
+            log.info(
+                "%s: round %d update accepted: %d steps, loss %.4f, %.1fs",
+                name,
+                task.round,
+                result.steps,
+                result.policy_loss,
+                result.seconds,
+            )
         else:
             log.warning("%s: round %d update refused: %s", name, task.round, reply.reason)
 

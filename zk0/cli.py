@@ -80,17 +80,23 @@ def simulate(
     config, run_dir: Path, *, device: str, progress: bool, push_to_hub: str | None = None
 ) -> list[dict]:
     """The coordinator's gRPC server on 127.0.0.1 (ephemeral port) and one participant client per configured
-    dataset, each in a thread of this process, training one after another on the one device."""
+    dataset, each in a thread of this process, training one after another on the one device.
+
+    An interrupt (or any error) in the waiting main thread stops the server and sets `stop`, which every
+    participant thread checks each batch and between RPCs; the threads are joined before it propagates, so
+    no thread is left inside torch or gRPC at exit. The run directory keeps the last completed round."""
     import logging
     import threading
 
     from coordinator.server import CoordinatorServer, ServerOptions
     from participant.client import ClientOptions, ParticipantClient, participant_name
+    from zk0.interrupts import Interrupted
 
     options = ServerOptions(host="127.0.0.1", insecure=True, device=device, push_to_hub=push_to_hub)
     server = CoordinatorServer(config, run_dir, options)
     port = server.start()
     train_lock = threading.Lock()
+    stop = threading.Event()
     errors: list[BaseException] = []
 
     def take_part(spec: str) -> None:
@@ -104,7 +110,9 @@ def simulate(
             give_up_s=30.0,
         )
         try:
-            ParticipantClient(options, train_lock=train_lock).run()
+            ParticipantClient(options, train_lock=train_lock, stop=stop).run()
+        except Interrupted:
+            return  # the main thread is stopping the run and reports it
         except Exception as e:  # noqa: BLE001 - reported; the run stops once no participant is left
             logging.getLogger("zk0.simulate").error("participant %s failed: %s", spec, e)
             errors.append(e)
@@ -119,7 +127,12 @@ def simulate(
         thread.start()
     try:
         server.wait()
+    except BaseException:
+        stop.set()
+        server.stop()
+        raise
     finally:
+        stop.set()  # the run is over: a participant still waiting for a task need not wait out its lease
         for thread in threads:
             thread.join(timeout=60)
     if errors and len(errors) == len(threads):
