@@ -240,6 +240,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     from zk0.demo import ensure_vlm_assets
     from zk0.sources import open_source
 
+    quiet_libraries()  # lerobot's per-video "Using video codec" lines
     overrides = [*args.overrides, f'demo.root="{args.out}"'] if args.out else args.overrides
     config = load_config(args.config, overrides)
     print(f"tiny VLM assets: {ensure_vlm_assets(Path(config.demo.root))}")

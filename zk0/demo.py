@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,7 +207,8 @@ def ensure_demo(
         )
     ]
     vlm_dir = ensure_vlm_assets(root)
-    for name, n in tqdm(pending, desc="generating demo datasets", unit="dataset", disable=not pending):
+    quiet = not pending or not sys.stderr.isatty()  # a progress bar only on a terminal
+    for name, n in tqdm(pending, desc="generating demo datasets", unit="dataset", disable=quiet):
         ensure_demo_dataset(
             root,
             name,
