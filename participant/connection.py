@@ -44,7 +44,6 @@ _PATTERNS = (
     ("CERTIFICATE_VERIFY_FAILED", "TLS certificate verification failed (check --tls-ca)", False),
     ("is not in peer certificate", "the coordinator's certificate does not name this host", False),
     ("WRONG_VERSION_NUMBER", "TLS handshake failed: the coordinator speaks plaintext (--insecure?)", False),
-    ("Tls handshake failed", "TLS handshake failed", False),
     ("Domain name not found", "DNS lookup failed: no such host", False),
     ("errors resolving", "DNS lookup failed", True),
     ("Connection refused", "connection refused", True),
@@ -58,6 +57,9 @@ def diagnose(error: grpc.RpcError, *, insecure: bool, ever_connected: bool) -> F
     for needle, cause, retry in _PATTERNS:
         if needle in details:
             return Failure(cause, retry)
+    if "Tls handshake failed" in details:  # other than the above: fatal unless it worked before
+        reason = details.rsplit("Tls handshake failed", 1)[1].strip(" :")
+        return Failure(f"TLS handshake failed: {reason}", ever_connected)
     if insecure and not ever_connected and "failed to connect" in details and _PLAINTEXT_TO_TLS in details:
         # A TLS port closes a plaintext handshake at once; a coordinator we reached before is restarting.
         return Failure(

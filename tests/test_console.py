@@ -24,6 +24,8 @@ def test_simulate_redirected_keeps_stdout_for_results_and_logs_one_line_per_roun
         "demo.episodes=2",
         "demo.frames_per_episode=20",
         'data.participants=["demo:p0", "demo:p1"]',
+        "federation.min_participants=2",
+        "federation.min_updates=2",
         "data.heldout_episodes=0",
         "train.local_steps=2",
         "train.batch_size=4",

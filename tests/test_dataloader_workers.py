@@ -30,6 +30,8 @@ def test_a_participant_round_with_dataloader_workers(demo_root, tmp_path):
             "demo.episodes=3",
             "demo.frames_per_episode=30",
             'data.participants=["demo:p0"]',
+            "federation.min_participants=1",
+            "federation.min_updates=1",
             "data.num_workers=1",
             "train.local_steps=3",
             "eval.batches=1",

@@ -40,7 +40,8 @@ def tiny(demo_root: Path, *extra: str) -> list[str]:
 
 
 def small_config(demo_root: Path, *extra: str):
-    args = tiny(demo_root, 'data.participants=["demo:p0"]', "federation.join_timeout_s=300", *extra)
+    one = ['data.participants=["demo:p0"]', "federation.min_participants=1", "federation.min_updates=1"]
+    args = tiny(demo_root, *one, *extra)
     return load_config(ROOT / "configs" / "demo.toml", args[1::2])
 
 
