@@ -52,6 +52,8 @@ def trainer_device_args(device: str) -> dict:
 # SmolVLA keeps its frozen VLM in eval mode on purpose (lerobot's SmolVLMWithExpertModel.train does so).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="lightning")
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+# Lightning ends a loader's workers after every fit (each round is one), so persistent ones would not persist.
+warnings.filterwarnings("ignore", message=r"Consider setting `persistent_workers=True`")
 
 
 class StopOnEvent(L.Callback):
