@@ -1,9 +1,10 @@
 """What went wrong reaching the coordinator, in words, and whether waiting can fix it.
 
 gRPC reports every connection failure as UNAVAILABLE; its details say which. A certificate the CA does not
-vouch for, TLS spoken to a plaintext port (or the reverse), a name that does not resolve and an address
-without a port never heal by retrying, so they end the participant at once with what failed and where. A
-refused or reset connection (the coordinator is down or restarting) is worth waiting for.
+vouch for, TLS spoken to a plaintext port (or the reverse), a missing client certificate for mutual TLS, a
+name that does not resolve and an address without a port never heal by retrying, so they end the
+participant at once with what failed and where. A refused or reset connection (the coordinator is down or
+restarting) is worth waiting for.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ _PATTERNS = (
     ("errors resolving", "DNS lookup failed", True),
     ("Connection refused", "connection refused", True),
 )
-_PLAINTEXT_TO_TLS = "Socket closed"
+_CLOSED = "Socket closed"
 
 
 def diagnose(error: grpc.RpcError, *, insecure: bool, ever_connected: bool) -> Failure:
@@ -60,9 +61,17 @@ def diagnose(error: grpc.RpcError, *, insecure: bool, ever_connected: bool) -> F
     if "Tls handshake failed" in details:  # other than the above: fatal unless it worked before
         reason = details.rsplit("Tls handshake failed", 1)[1].strip(" :")
         return Failure(f"TLS handshake failed: {reason}", ever_connected)
-    if insecure and not ever_connected and "failed to connect" in details and _PLAINTEXT_TO_TLS in details:
-        # A TLS port closes a plaintext handshake at once; a coordinator we reached before is restarting.
+    if not ever_connected and "failed to connect" in details and _CLOSED in details:
+        # Closed during the handshake by a coordinator never reached before: a TLS port closes a plaintext
+        # handshake, a mutual-TLS one a handshake without a certificate it trusts. (A coordinator reached
+        # before that does this is restarting: retried.)
+        if insecure:
+            return Failure(
+                "the coordinator closed the connection: it serves TLS, and --insecure is plaintext", False
+            )
         return Failure(
-            "the coordinator closed the connection: it serves TLS, and --insecure is plaintext", False
+            "the coordinator closed the TLS connection: it requires a client certificate signed by its CA "
+            "(--tls-cert/--tls-key)",
+            False,
         )
     return Failure(f"unavailable: {details}" if details else "unavailable", True)

@@ -35,14 +35,18 @@ def pki(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def servers(pki):
-    """A TLS and a plaintext gRPC server serving the Federation service (unimplemented: never reached)."""
+    """TLS, mutual-TLS and plaintext gRPC servers of the Federation service (unimplemented: never reached)."""
     started = {}
-    for kind in ("tls", "plain"):
+    pair = ((pki / "server.key").read_bytes(), (pki / "server.pem").read_bytes())
+    for kind in ("tls", "mtls", "plain"):
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
         pb_grpc.add_FederationServicer_to_server(pb_grpc.FederationServicer(), server)
         if kind == "tls":
-            pair = ((pki / "server.key").read_bytes(), (pki / "server.pem").read_bytes())
             port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([pair]))
+        elif kind == "mtls":
+            ca = (pki / "ca.pem").read_bytes()
+            creds = grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=True)
+            port = server.add_secure_port("127.0.0.1:0", creds)
         else:
             port = server.add_insecure_port("127.0.0.1:0")
         server.start()
@@ -92,6 +96,12 @@ def test_plaintext_to_a_tls_server_says_so_at_once(servers):
     message = join_error(coordinator=f"127.0.0.1:{servers['tls']}", insecure=True)
     assert f"127.0.0.1:{servers['tls']}" in message
     assert "it serves TLS, and --insecure is plaintext" in message
+
+
+def test_mutual_tls_without_a_client_certificate_says_so_at_once(servers, pki):
+    message = join_error(coordinator=f"127.0.0.1:{servers['mtls']}", tls_ca=pki / "ca.pem")
+    assert f"127.0.0.1:{servers['mtls']}" in message
+    assert "requires a client certificate signed by its CA (--tls-cert/--tls-key)" in message
 
 
 def test_unresolvable_host_is_a_dns_failure_at_once(pki):
