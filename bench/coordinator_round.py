@@ -309,10 +309,11 @@ def _participant_main(port: int, name: str, sample_count: int, cpu_out) -> None:
         )
         # Upload chunks as the real client sizes them: from the run's config the coordinator sends at join.
         config = load_config_text(joined.config_toml, "the coordinator's config")
+        session = joined.session_id  # every call after Join carries it
         chunk_bytes = config.federation.chunk_kib * 1024
         cpu = [_cpu_seconds()]
         while True:
-            reply = stub.GetTask(pb.GetTaskRequest(participant_id=name), timeout=30)
+            reply = stub.GetTask(pb.GetTaskRequest(participant_id=name, session_id=session), timeout=30)
             kind = reply.WhichOneof("task")
             if kind == "done":
                 cpu_out.put([b - a for a, b in zip(cpu, cpu[1:], strict=False)])  # CPU seconds per round
@@ -322,7 +323,9 @@ def _participant_main(port: int, name: str, sample_count: int, cpu_out) -> None:
                 continue
             task = reply.train
             assembler = ChunkAssembler(task.model_size, task.model_version, task.model_size)
-            request = pb.DownloadModelRequest(participant_id=name, version=task.model_version)
+            request = pb.DownloadModelRequest(
+                participant_id=name, version=task.model_version, session_id=session
+            )
             for message in stub.DownloadModel(request, timeout=600):
                 if message.HasField("info"):
                     if message.info.size != task.model_size or message.info.version != task.model_version:
@@ -338,6 +341,7 @@ def _participant_main(port: int, name: str, sample_count: int, cpu_out) -> None:
                 metrics={"policy_loss": 0.0},
                 size=len(payload),
                 sha256=task.model_version,  # the bytes go back unchanged, verified on the way in
+                session_id=session,
             )
             answer = stub.UploadUpdate(_upload_messages(header, payload, chunk_bytes), timeout=600)
             if not answer.accepted:

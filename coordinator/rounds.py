@@ -11,37 +11,27 @@ from __future__ import annotations
 import logging
 import math
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from coordinator.adaptive import Decision
-from coordinator.aggregation import FedAvgAccumulator, apply_server_lr, reusable_sums
+from coordinator.aggregation import apply_server_lr, reusable_sums
+from coordinator.bounded_fedavg import bounded_mean
+from coordinator.intake import evaluation_problem, keep_attempt, spool_attempt
+from coordinator.membership import Member, Membership, public_source, waiting_line
 from coordinator.store import RunStore
-from zk0.codec import FileAssembler, Manifest, ModelFile, PayloadRejected, SpoolReader, write_atomic
+from zk0.codec import Manifest, ModelFile, SpoolReader, write_atomic
 from zk0.config import Config
 from zk0.errors import Zk0Error
-from zk0.validation import Refusal, UpdateHeader, UpdateRejected, validate_tensors, validate_update
+from zk0.validation import Refusal, UpdateHeader, UpdateRejected, validate_update
 
 log = logging.getLogger(__name__)
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 POLL_SECONDS = 0.5
-
-
-@dataclass
-class Member:
-    name: str
-    dataset: dict
-    lease_until: float
-
-    @property
-    def ready(self) -> bool:
-        """A participant joins once to get the run's config, then again with its dataset's description
-        once its model and data are built: only then can it be counted on and sampled."""
-        return bool(self.dataset.get("features"))
+WAITING_LOG_S = 10.0  # how often a coordinator waiting for participants says who it has
 
 
 @dataclass
@@ -73,6 +63,8 @@ class RoundState:
     refused: dict[str, str] = field(default_factory=dict)
     dropped: set[str] = field(default_factory=set)
     evaluations: dict[str, dict[str, float]] = field(default_factory=dict)
+    uploading: set[str] = field(default_factory=set)  # at most one upload per participant at a time
+    distances: dict[str, float] = field(default_factory=dict)  # accepted update -> ||update - base||
     bytes_down: int = 0
     bytes_up: int = 0
 
@@ -92,7 +84,11 @@ class Coordinator:
         manifest: Manifest,
         *,
         clock: Callable[[], float] = time.monotonic,
+        features: dict | None = None,
+        fps: float = 0.0,
     ) -> None:
+        """`features` and `fps`: the run's dataset features (its evaluation datasets'), which a joining
+        participant's must match (coordinator/features.py); None admits any dataset."""
         self.config = config
         self.fed = config.federation
         self.store = store
@@ -102,7 +98,8 @@ class Coordinator:
         self.chunk_bytes = self.fed.chunk_kib * 1024
         self.run_id = store.path.name
         self._cond = threading.Condition()
-        self._members: dict[str, Member] = {}
+        self.membership = Membership(self.fed, clock(), features=features, fps=fps)
+        self._members: dict[str, Member] = self.membership.table
         self._round: RoundState | None = None
         self._done = False
         self._done_reason = ""
@@ -176,38 +173,46 @@ class Coordinator:
 
     # ------------------------------------------------------------------ membership
 
-    def join(self, name: str, dataset: dict) -> Member:
-        if not NAME.match(name):
-            raise Zk0Error(
-                f"participant name {name!r} must be 1-64 characters of letters, digits, '_', '.', '-'"
-            )
+    def join(self, name: str, dataset: dict, session: str = "") -> Member:
+        """Admit `name` (coordinator/membership.py says when not); `session` is the one it already holds.
+        Nothing is written here: participants.json records those sampled, off the join path."""
         with self._cond:
             now = self.clock()
-            member = Member(name, dataset, now + self.fed.lease_s)
-            self._members[name] = member
+            self._expire_leases(now)  # a lapsed member's name and place are free again
+            renewing = self.membership.holds(name, session, now)
+            try:
+                member = self.membership.admit(name, dataset, session, now)
+            except Zk0Error:  # a member refused on re-joining (its dataset no longer fits) leaves its round
+                if (
+                    name not in self._members
+                    and self._round is not None
+                    and name in self._round.outstanding()
+                ):
+                    self._round.dropped.add(name)
+                    self._cond.notify_all()
+                raise
             if member.ready:
-                self.store.record_participant(name, dataset)
                 log.info(
                     "participant %s joined with %s: %s episodes, %s frames (%d live)",
                     name,
-                    dataset["repo_id"],
-                    dataset["episodes"],
-                    dataset["frames"],
+                    public_source(dataset.get("repo_id", "")),
+                    dataset.get("episodes"),
+                    dataset.get("frames"),
                     self._live_count(now),
                 )
-            else:
-                log.info("participant %s connected; it is loading %s", name, dataset.get("repo_id", "?"))
+            elif not renewing:
+                log.info("participant %s connected; it is building its model and dataset", name)
             self._cond.notify_all()
             return member
 
-    def heartbeat(self, name: str) -> bool:
-        """Renew a lease; False when the participant is unknown (lapsed or never joined)."""
+    def heartbeat(self, name: str, session: str) -> bool:
+        """Renew a lease; False when `session` is not the participant's live one (lapsed, never joined,
+        the coordinator restarted, or another process's)."""
         with self._cond:
-            member = self._members.get(name)
             now = self.clock()
-            if member is None or member.lease_until <= now:
+            if not self.membership.holds(name, session, now):
                 return False
-            member.lease_until = now + self.fed.lease_s
+            self._members[name].lease_until = now + self.fed.lease_s
             return True
 
     def is_registered(self, name: str) -> bool:
@@ -215,12 +220,33 @@ class Coordinator:
             member = self._members.get(name)
             return member is not None and member.lease_until > self.clock()
 
+    def holds_session(self, name: str, session: str) -> bool:
+        """`session` is `name`'s live session: every call after Join must carry it."""
+        with self._cond:
+            return self.membership.holds(name, session, self.clock())
+
+    def leave(self, name: str, session: str, reason: str) -> bool:
+        """Drop a participant that says it stops, at once: out of the members, and out of its round."""
+        with self._cond:
+            if not self.membership.holds(name, session, self.clock()):
+                return False
+            del self._members[name]
+            if self._round is not None and name in self._round.outstanding():
+                self._round.dropped.add(name)
+            self._cond.notify_all()
+        log.warning("participant %s left (%s)", name, reason or "no reason given")
+        return True
+
     @property
     def done(self) -> bool:
         return self._done
 
     def _live_count(self, now: float) -> int:
         return sum(1 for m in self._members.values() if m.lease_until > now and m.ready)
+
+    def _ready_names(self, now: float) -> list[str]:
+        """Members that can be sampled: lease live, dataset described."""
+        return sorted(n for n, m in self._members.items() if m.lease_until > now and m.ready)
 
     def _expire_leases(self, now: float) -> None:
         for name, member in list(self._members.items()):
@@ -265,8 +291,10 @@ class Coordinator:
             state = self._round
             if state is None or round_idx != state.round or version != self.global_version:
                 return f"no evaluation expected for round {round_idx} / version {version[:12]}"
-            state.evaluations[name] = dict(metrics)
-            return ""
+            problem = evaluation_problem(name, round_idx, metrics, state.sampled, state.evaluations)
+            if not problem:
+                state.evaluations[name] = dict(metrics)
+            return problem
 
     def _touch(self, name: str) -> None:
         """An active transfer keeps a lease alive, whatever the heartbeats do."""
@@ -277,12 +305,15 @@ class Coordinator:
     # ------------------------------------------------------------------ uploads
 
     def receive_update(self, header: UpdateHeader, chunks: Iterable[tuple[int, bytes]]) -> None:
-        """Spool, verify, validate and fold in one upload; UpdateRejected says why it does not count."""
+        """Spool, verify, validate and fold in one upload; UpdateRejected says why it does not count,
+        intake.StorageError that the coordinator could not store it (the participant retries)."""
         name = header.participant_id
         with self._cond:
             state = self._round
             if state is None:
                 raise UpdateRejected(Refusal.WRONG_ROUND, "no round is collecting updates now")
+            if name in state.uploading:  # a retry racing its predecessor: the first one decides
+                raise UpdateRejected(Refusal.NOT_IN_ROUND, f"an upload from {name} is already in progress")
             if name in state.outstanding():
                 try:
                     validate_update(
@@ -291,6 +322,7 @@ class Coordinator:
                         current_round=state.round,
                         current_version=self.global_version,
                         max_bytes=self.max_update_bytes,
+                        max_samples=self.config.train.local_steps * self.config.train.batch_size,
                     )
                 except UpdateRejected as e:
                     state.refused[name] = f"{e.refusal.value}: {e.reason}"
@@ -302,37 +334,42 @@ class Coordinator:
                     "already uploaded" if name in state.accepted else "not sampled or no longer in this round"
                 )
                 raise UpdateRejected(Refusal.NOT_IN_ROUND, f"participant {name}: {why}")
-        path = self.store.update_path(header.round, name)
+            state.uploading.add(name)
+            base = self._model.path
         try:
-            with FileAssembler(path, header.size, header.sha256, self.max_update_bytes) as assembler:
-                for offset, data in chunks:
-                    assembler.add(offset, data)
-                    with self._cond:
-                        self._touch(name)
-                assembler.finish()
-        except PayloadRejected as e:
-            self._refuse(state, name, Refusal.CORRUPT_PAYLOAD, e.reason)
+            self._take_upload(state, header, chunks, base)
+        finally:
+            with self._cond:
+                state.uploading.discard(name)
+
+    def _take_upload(
+        self, state: RoundState, header: UpdateHeader, chunks: Iterable[tuple[int, bytes]], base: Path
+    ) -> None:
+        """The upload of a participant reserved in `state.uploading`: spooled to a file of its own, moved
+        into place (and recorded) under the lock only if its round is still waiting for it."""
+        name, final = header.participant_id, self.store.update_path(header.round, header.participant_id)
+
+        def touch() -> None:
+            with self._cond:
+                self._touch(name)
+
+        limits = dict(max_bytes=self.max_update_bytes, max_norm=self.fed.max_update_norm)
         try:
-            validate_tensors(path, self.manifest)
+            path, distance = spool_attempt(header, chunks, final, self.manifest, base, touch=touch, **limits)
         except UpdateRejected as e:
-            path.unlink(missing_ok=True)
             self._refuse(state, name, e.refusal, e.reason)
         with self._cond:
             if self._round is not state or name not in state.outstanding():
                 path.unlink(missing_ok=True)
                 raise UpdateRejected(Refusal.WRONG_ROUND, f"round {header.round} ended while the upload ran")
-        self.store.record_accepted(header.round, header)
-        with self._cond:
-            state.accepted[name] = header
+            keep_attempt(path, final, lambda: self.store.record_accepted(header.round, header))
+            state.accepted[name], state.distances[name] = header, distance
             state.bytes_up += header.size
             self._cond.notify_all()
         log.info(
-            "round %d: accepted update from %s (%d samples, %.1f MB, loss %.4f)",
-            header.round,
-            name,
-            header.sample_count,
-            header.size / 1e6,
-            header.metrics.get("policy_loss", math.nan),
+            "round %d: accepted update from %s (%d samples, %.1f MB, loss %.4f, distance %.4g)",
+            *(header.round, name, header.sample_count, header.size / 1e6),
+            *(header.metrics.get("policy_loss", math.nan), distance),
         )
 
     def _refuse(self, state: RoundState, name: str, refusal: Refusal, reason: str) -> None:
@@ -402,6 +439,7 @@ class Coordinator:
     def _wait_for_participants(self, stop: threading.Event) -> float:
         started = self.clock()
         warned = False
+        said = started
         with self._cond:
             while not stop.is_set():
                 now = self.clock()
@@ -409,6 +447,9 @@ class Coordinator:
                 live = self._live_count(now)
                 if live >= self.fed.min_participants:
                     return now - started
+                if now - said >= WAITING_LOG_S:
+                    said = now
+                    log.info("%s", waiting_line(self.fed.min_participants, self._ready_names(now)))
                 if not warned and now - started >= self.fed.join_timeout_s:
                     message = (
                         f"only {live} of federation.min_participants={self.fed.min_participants} "
@@ -425,7 +466,7 @@ class Coordinator:
     def _start_round(self, round_idx: int, attempt: int) -> RoundState:
         with self._cond:
             now = self.clock()
-            live = sorted(n for n, m in self._members.items() if m.lease_until > now and m.ready)
+            live = self._ready_names(now)
             resumed = self.store.accepted(round_idx) if attempt == 1 else []
             state = RoundState(round_idx, attempt, [], now + self.fed.round_timeout_s, now)
             for header, _ in resumed:
@@ -438,6 +479,8 @@ class Coordinator:
             state.sampled = sorted(set(picked) | set(state.accepted))
             self._round = state
             self._cond.notify_all()
+            taking_part = {n: self._members[n].dataset for n in state.sampled if n in self._members}
+        self.store.record_participants(taking_part)  # for the model card: who took part, with what
         if state.accepted:
             log.info("round %d: kept %d updates accepted before the restart", round_idx, len(state.accepted))
         log.info(
@@ -464,23 +507,40 @@ class Coordinator:
                     return
                 self._cond.wait(POLL_SECONDS)
 
-    def _aggregate(self, state: RoundState) -> dict:
+    def _aggregate(self, state: RoundState) -> dict | None:
         """FedAvg of the spooled updates, folded one tensor at a time in participant-name order, so the
-        global model's bytes do not depend on the order updates happened to arrive in."""
-        accumulator = FedAvgAccumulator(self.manifest, reuse=self._spare_sums)
-        self._spare_sums = None
-        for name in sorted(state.accepted):
-            header = state.accepted[name]
-            accumulator.add(self.store.update_path(state.round, name), float(header.sample_count))
-        mean = accumulator.take_result()
-        if self.fed.server_lr == 1.0:  # plain FedAvg: reading the previous model would cost a model's worth
-            return mean
-        return apply_server_lr(self.global_state(), mean, self.fed.server_lr)
+        global model's bytes do not depend on the order updates happened to arrive in. Updates too far from
+        the base model, or that make the aggregate non-finite, move from accepted to refused (None: too few
+        are left to aggregate)."""
+        reuse, self._spare_sums = self._spare_sums, None
+        lr = self.fed.server_lr  # 1 is plain FedAvg: reading the previous model would cost a model's worth
+        mean, dropped = bounded_mean(
+            self.manifest,
+            {
+                n: (self.store.update_path(state.round, n), float(h.sample_count))
+                for n, h in state.accepted.items()
+            },
+            state.distances,
+            base=self._model.path,
+            bounds=dict(max_norm=self.fed.max_update_norm, factor=self.fed.update_norm_median_factor),
+            min_updates=self.fed.min_updates,
+            finish=lambda m: m if lr == 1.0 else apply_server_lr(self.global_state(), m, lr),
+            reuse=reuse,
+        )
+        for name, reason in dropped.items():
+            log.warning("round %d: update from %s left out: %s", state.round, name, reason)
+            del state.accepted[name]
+            state.refused[name] = f"{Refusal.BAD_TENSORS.value}: {reason}"
+        return mean
 
     def _finish_round(self, state: RoundState, waited: float) -> dict:
         with self._cond:
             self._round = None  # late uploads are refused from here on
         train_s = self.clock() - state.started
+        started = self.clock()
+        # The mean (computed in the accumulator's own memory) streams to disk, never encoded in memory; the
+        # file is hashed once for its version, and downloads are served from it.
+        mean = self._aggregate(state) if len(state.accepted) >= self.fed.min_updates else None
         entry = {
             "round": state.round,
             "attempt": state.attempt,
@@ -498,14 +558,19 @@ class Coordinator:
                 "dropped": sorted(state.dropped),
             },
             "updates": {
-                n: {**h.metrics, "sample_count": h.sample_count, "bytes": h.size}
+                n: {
+                    **h.metrics,
+                    "sample_count": h.sample_count,
+                    "bytes": h.size,
+                    "distance": state.distances.get(n),  # None: kept from a restart, never aggregated
+                }
                 for n, h in sorted(state.accepted.items())
             },
             "participant_eval": dict(sorted(state.evaluations.items())),
             "bytes": {"down": state.bytes_down, "up": state.bytes_up},
             "seconds": {"wait_participants": waited, "train": train_s},
         }
-        if not state.accepted or len(state.accepted) < self.fed.min_updates:
+        if mean is None or not state.accepted or len(state.accepted) < self.fed.min_updates:
             log.warning(
                 "round %d: %d updates, fewer than federation.min_updates=%d: not aggregated",
                 state.round,
@@ -513,10 +578,6 @@ class Coordinator:
                 self.fed.min_updates,
             )
             return entry
-        started = self.clock()
-        # The mean (computed in the accumulator's own memory) streams to disk, never encoded in memory; the
-        # file is hashed once for its version, and downloads are served from it.
-        mean = self._aggregate(state)
         path = self.store.write_global(state.round, mean)
         self._spare_sums = reusable_sums(mean)  # the next round sums into these: no fresh model's worth
         model = ModelFile(path, self.chunk_bytes)

@@ -90,7 +90,10 @@ class CoordinatorServer:
         }
         self.store, resumed = RunStore.open(run_dir, config)
         initial = trainable_state(self.bundle.policy)
-        self.coordinator = Coordinator(config, self.store, Manifest.of(initial))
+        run_meta = next(iter(self.eval_sets.values())).meta  # the policy's features come from it
+        self.coordinator = Coordinator(
+            config, self.store, Manifest.of(initial), features=run_meta.features, fps=float(run_meta.fps)
+        )
         self.base_mu, self.base_lr = config.federation.round_mu, config.train.lr
         completed = self.store.completed() if resumed else None
         if completed is None:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import grpc
 
+from coordinator.intake import StorageError
+from coordinator.membership import DatasetMismatch, JoinsExhausted, SessionConflict
 from coordinator.rounds import Coordinator
 from zk0.errors import Zk0Error
 from zk0.transport import TOKEN_METADATA_KEY, TOKEN_PREFIX
@@ -87,9 +89,13 @@ class FederationService(pb_grpc.FederationServicer):
             log.warning("refused a call from %s: token of %s used as %r", context.peer(), owner, name)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"this token belongs to participant {owner}")
 
-    def _registered(self, context: grpc.ServicerContext, name: str) -> None:
-        if not self.coordinator.is_registered(name):
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"participant {name} is not registered: join")
+    def _registered(self, context: grpc.ServicerContext, name: str, session: str) -> None:
+        """Every call after Join carries the session it issued; a stale or missing one must join again."""
+        if not self.coordinator.holds_session(name, session):
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"participant {name} has no live session {'' if session else '(none sent) '}here: join",
+            )
 
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinResponse:
         name = request.participant_name
@@ -103,7 +109,15 @@ class FederationService(pb_grpc.FederationServicer):
             "features": {f.name: {"dtype": f.dtype, "shape": list(f.shape)} for f in d.features},
         }
         try:
-            member = self.coordinator.join(name, dataset)
+            member = self.coordinator.join(name, dataset, request.session_id)
+        except SessionConflict as e:
+            log.warning("refused a join from %s as %r: %s", context.peer(), name, e)
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e))
+        except JoinsExhausted as e:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        except DatasetMismatch as e:
+            log.warning("refused participant %s: %s", name, e)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except Zk0Error as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         return pb.JoinResponse(
@@ -113,11 +127,12 @@ class FederationService(pb_grpc.FederationServicer):
             config_toml=self.config_toml,
             frozen_sha256=self.frozen_sha256,
             normalization_json=self.normalization_json,
+            session_id=member.session,
         )
 
     def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatResponse:
         self._authorize(context, request.participant_id)
-        registered = self.coordinator.heartbeat(request.participant_id)
+        registered = self.coordinator.heartbeat(request.participant_id, request.session_id)
         return pb.HeartbeatResponse(
             run_active=not self.coordinator.done,
             registered=registered,
@@ -128,7 +143,7 @@ class FederationService(pb_grpc.FederationServicer):
         name = request.participant_id
         self._authorize(context, name)
         if not self.coordinator.done:
-            self._registered(context, name)
+            self._registered(context, name, request.session_id)
         task = self.coordinator.task_for(name)
         if task.kind == "done":
             return pb.GetTaskResponse(done=pb.Done(reason=task.reason))
@@ -157,6 +172,7 @@ class FederationService(pb_grpc.FederationServicer):
     ) -> Iterator[pb.DownloadModelResponse]:
         name = request.participant_id
         self._authorize(context, name)
+        self._registered(context, name, request.session_id)
         try:
             model = self.coordinator.model_file(request.version)
         except KeyError:
@@ -184,6 +200,7 @@ class FederationService(pb_grpc.FederationServicer):
             return _refused(Refusal.BAD_HEADER, "the first message of an upload must be its header")
         header = UpdateHeader.from_proto(first.header)
         self._authorize(context, header.participant_id)
+        self._registered(context, header.participant_id, header.session_id)
 
         def chunks() -> Iterator[tuple[int, bytes]]:
             for message in request_iterator:
@@ -196,16 +213,26 @@ class FederationService(pb_grpc.FederationServicer):
         except UpdateRejected as e:
             log.info("upload from %s refused: %s", header.participant_id, e)
             return _refused(e.refusal, e.reason)
+        except StorageError as e:  # logged where it happened; the participant retries UNAVAILABLE
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         return pb.UploadUpdateResponse(accepted=True)
 
     def ReportEvaluation(
         self, request: pb.ReportEvaluationRequest, context: grpc.ServicerContext
     ) -> pb.ReportEvaluationResponse:
         self._authorize(context, request.participant_id)
+        self._registered(context, request.participant_id, request.session_id)
         problem = self.coordinator.record_evaluation(
             request.participant_id, request.round, request.version, dict(request.metrics)
         )
         return pb.ReportEvaluationResponse(recorded=not problem, reason=problem)
+
+    def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.LeaveResponse:
+        self._authorize(context, request.participant_id)
+        left = self.coordinator.leave(
+            request.participant_id, request.session_id, " ".join(request.reason.split())[:200]
+        )
+        return pb.LeaveResponse(left=left)
 
 
 def _claim(name: str | None) -> str:

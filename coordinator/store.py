@@ -38,6 +38,7 @@ class RunStore:
     def __init__(self, run: RunDir) -> None:
         self.run = run
         self.path = run.path
+        self._participants: dict[str, dict] | None = None  # participants.json as last written
 
     @classmethod
     def open(cls, path: Path, config: Config) -> tuple[RunStore, bool]:
@@ -124,17 +125,28 @@ class RunStore:
 
     def record_participant(self, name: str, dataset: dict) -> None:
         """Who took part with which dataset (its description, never its data), for the model card."""
-        known = self.participants()
-        if known.get(name) != dataset:
-            known[name] = dataset
-            write_atomic(self.path / PARTICIPANTS_FILE, (json.dumps(known, indent=1) + "\n").encode())
+        self.record_participants({name: dataset})
+
+    def record_participants(self, datasets: Mapping[str, dict]) -> None:
+        """Add participants that take part (sampled into a round), in one write, and only on a change:
+        a join storm of names that never take part never reaches the disk."""
+        if self._participants is None:
+            self._participants = self.participants()
+        changed = {n: d for n, d in datasets.items() if self._participants.get(n) != d}
+        if changed:
+            self._participants.update(changed)
+            text = json.dumps(self._participants, indent=1) + "\n"
+            write_atomic(self.path / PARTICIPANTS_FILE, text.encode())
 
     def participants(self) -> dict[str, dict]:
         path = self.path / PARTICIPANTS_FILE
         return json.loads(path.read_text()) if path.exists() else {}
 
     def record_accepted(self, round_idx: int, header: UpdateHeader) -> None:
-        line = json.dumps({**asdict(header), "metrics": dict(header.metrics)}, sort_keys=True)
+        # The session id is a live credential of the participant's process: it never goes to disk.
+        record = {**asdict(header), "metrics": dict(header.metrics)}
+        del record["session_id"]
+        line = json.dumps(record, sort_keys=True)
         with (self.round_dir(round_idx) / ACCEPTED_FILE).open("a") as f:
             f.write(line + "\n")
 

@@ -37,7 +37,7 @@ from zk0.codec import (
 from zk0.config import Config, load_config_text
 from zk0.errors import Zk0Error
 from zk0.evaluation import evaluate
-from zk0.interrupts import STOP, check
+from zk0.interrupts import STOP, Interrupted, check
 from zk0.normalization import stats_from_json, with_shared
 from zk0.policy import build_policy, frozen_fingerprint, load_trainable_state, resolve_device, trainable_state
 from zk0.sources import Source, demo_root, open_source, training_split
@@ -49,6 +49,15 @@ log = logging.getLogger(__name__)
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 DOWNLOAD_ATTEMPTS = 5
+# gRPC backs off reconnecting up to 120 s by default, failing calls fast meanwhile: a restarted coordinator
+# would go unnoticed for minutes (past its join timeout). Our own retry loop paces the attempts.
+RECONNECT_OPTIONS = [
+    *GRPC_OPTIONS,
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+]
+LEAVE_TIMEOUT_S = 3.0  # a stopping participant says so, but never waits long on a coordinator that is gone
 
 
 @dataclass
@@ -160,6 +169,7 @@ class ParticipantClient:
         self.stub = pb_grpc.FederationStub(self.channel)
         self.runtime: ParticipantRuntime | None = None
         self.lease_s = 10.0
+        self.session = ""  # issued by the coordinator at join; every later call carries it
         self.stopped = threading.Event()
         self.need_join = threading.Event()
         self.joined = threading.Event()
@@ -171,14 +181,16 @@ class ParticipantClient:
         if o.insecure:
             if not is_loopback(host):
                 raise Zk0Error(f"--insecure only reaches a loopback coordinator, not {host}; use TLS")
-            return grpc.insecure_channel(o.coordinator, options=GRPC_OPTIONS)
+            return grpc.insecure_channel(o.coordinator, options=RECONNECT_OPTIONS)
         creds = channel_credentials(o.tls_ca, o.tls_cert, o.tls_key)
-        return grpc.secure_channel(o.coordinator, creds, options=GRPC_OPTIONS)
+        return grpc.secure_channel(o.coordinator, creds, options=RECONNECT_OPTIONS)
 
     # ------------------------------------------------------------------ plumbing
 
-    def _call(self, fn: Callable[[], Any], what: str) -> Any:
-        """Run one RPC, retrying with backoff while the coordinator is unreachable."""
+    def _call(self, fn: Callable[[], Any], what: str, retry: tuple[grpc.StatusCode, ...] = ()) -> Any:
+        """Run one RPC, retrying with backoff while the coordinator is unreachable (or answers one of
+        `retry`, e.g. a join refused as RESOURCE_EXHAUSTED while joins are rate-limited). A connection
+        failure that waiting cannot fix (participant/connection.py) stops at once, saying what failed."""
         delay, started, attempt = 0.5, time.monotonic(), 0
         address = self.options.coordinator
         while True:
@@ -194,25 +206,22 @@ class ParticipantClient:
                     failure = diagnose(e, insecure=self.options.insecure, ever_connected=self.connected)
                     if not failure.retry:
                         raise Zk0Error(f"cannot reach coordinator {address}: {failure.cause}") from e
-                    cause = failure.cause
+                    why = f"coordinator {address} unreachable ({failure.cause})"
+                elif code in RETRYABLE:
+                    why = f"coordinator {address} unreachable ({code.name})"
                 else:
-                    cause = code.name
-                if code in RETRYABLE and not self.stopped.is_set():
+                    why = f"coordinator {address} busy ({code.name}: {e.details()})"
+                if (code in RETRYABLE or code in retry) and not self.stopped.is_set():
                     waited = time.monotonic() - started
                     if waited > self.options.give_up_s:
-                        raise Zk0Error(
-                            f"coordinator {address} unreachable for {waited:.0f}s ({what}: {cause})"
-                        ) from e
+                        raise Zk0Error(f"{why} for {waited:.0f}s ({what})") from e
                     attempt += 1
-                    limit = f", giving up after {self.options.give_up_s:g}s (--give-up-after)"
-                    log.warning(
-                        "%s: coordinator %s unreachable (%s); retrying in %.1fs%s",
-                        what,
-                        address,
-                        cause,
-                        delay,
-                        limit if attempt == 1 else "",
+                    limit = (
+                        f", giving up after {self.options.give_up_s:g}s (--give-up-after)"
+                        if attempt == 1
+                        else ""
                     )
+                    log.warning("%s: %s; retrying in %.1fs%s", what, why, delay, limit)
                     self.interrupt.wait(delay)
                     delay = min(delay * 2, 10.0)
                     continue
@@ -228,7 +237,9 @@ class ParticipantClient:
                 continue
             try:
                 reply = self.stub.Heartbeat(
-                    pb.HeartbeatRequest(participant_id=self.options.name), metadata=self.metadata, timeout=10
+                    pb.HeartbeatRequest(participant_id=self.options.name, session_id=self.session),
+                    metadata=self.metadata,
+                    timeout=10,
                 )
             except grpc.RpcError as e:
                 log.debug("heartbeat failed: %s", e.code().name)
@@ -243,13 +254,17 @@ class ParticipantClient:
         source = self.runtime.source if self.runtime else None
         reply = self._call(
             lambda: self.stub.Join(
-                pb.JoinRequest(participant_name=o.name, dataset=describe(source, o.dataset)),
+                pb.JoinRequest(
+                    participant_name=o.name, dataset=describe(source, o.dataset), session_id=self.session
+                ),
                 metadata=self.metadata,
                 timeout=30,
             ),
             "join",
+            retry=(grpc.StatusCode.RESOURCE_EXHAUSTED,),
         )
         self.lease_s = reply.lease_seconds
+        self.session = reply.session_id
         self.joined.set()
         if self.runtime is None:
             config = load_config_text(reply.config_toml, f"the config sent by {o.coordinator}")
@@ -277,6 +292,7 @@ class ParticipantClient:
             target=self._heartbeats, name=f"zk0-heartbeat-{self.options.name}", daemon=True
         )
         beat.start()  # before the first join's model build, which can outlast a lease
+        finished, why = False, "stopped"
         try:
             self.join()
             while True:
@@ -285,7 +301,7 @@ class ParticipantClient:
                 try:
                     reply = self._call(
                         lambda: self.stub.GetTask(
-                            pb.GetTaskRequest(participant_id=self.options.name),
+                            pb.GetTaskRequest(participant_id=self.options.name, session_id=self.session),
                             metadata=self.metadata,
                             timeout=30,
                         ),
@@ -296,6 +312,7 @@ class ParticipantClient:
                     continue
                 kind = reply.WhichOneof("task")
                 if kind == "done":
+                    finished = True
                     log.info(
                         "%s: run finished (%s) after %d rounds",
                         self.options.name,
@@ -310,16 +327,37 @@ class ParticipantClient:
                     self.train_round(reply.train)
                 except NotRegistered:
                     self.join()
+        except BaseException as e:
+            why = (
+                "interrupted"
+                if isinstance(e, (KeyboardInterrupt, Interrupted))
+                else f"stopped by an error ({type(e).__name__})"
+            )
+            raise
         finally:
-            self.shutdown(beat)
+            self.shutdown(beat, None if finished else why)
 
-    def shutdown(self, beat: threading.Thread) -> None:
-        """In order: the heartbeat thread (joined, so no thread is inside a gRPC call at exit), then the
-        channel (which cancels a heartbeat still waiting on an unresponsive coordinator)."""
+    def shutdown(self, beat: threading.Thread, leave_reason: str | None) -> None:
+        """In order: the heartbeat thread (joined, so no thread is inside a gRPC call at exit), our leave
+        (when we stop before the run's end), then the channel (which cancels a heartbeat still waiting on an
+        unresponsive coordinator)."""
         self.stopped.set()
         beat.join(timeout=15)
+        if leave_reason is not None:
+            self.leave(leave_reason)
         self.channel.close()
         beat.join()
+
+    def leave(self, reason: str) -> None:
+        """Tell the coordinator we stop, so it drops us from its round at once instead of waiting for our
+        lease to lapse. Best effort: a coordinator that is gone or slow must not hold up stopping."""
+        if not self.session:
+            return
+        request = pb.LeaveRequest(participant_id=self.options.name, session_id=self.session, reason=reason)
+        try:
+            self.stub.Leave(request, metadata=self.metadata, timeout=LEAVE_TIMEOUT_S)
+        except grpc.RpcError as e:
+            log.info("%s: could not tell the coordinator we leave (%s)", self.options.name, e.code().name)
 
     def download(self, task: pb.TrainTask) -> bytes:
         """Pull the round's model, resuming from the last byte received; a corrupt model is refused."""
@@ -343,7 +381,10 @@ class ParticipantClient:
         delay = 0.5
         while True:
             request = pb.DownloadModelRequest(
-                participant_id=self.options.name, version=task.model_version, offset=assembler.received
+                participant_id=self.options.name,
+                version=task.model_version,
+                offset=assembler.received,
+                session_id=self.session,
             )
             try:
                 for message in self.stub.DownloadModel(request, metadata=self.metadata, timeout=600):
@@ -386,6 +427,7 @@ class ParticipantClient:
                             version=task.model_version,
                             sample_count=int(local_eval["samples"]),
                             metrics=local_eval,
+                            session_id=self.session,
                         ),
                         metadata=self.metadata,
                         timeout=30,
@@ -406,6 +448,7 @@ class ParticipantClient:
             metrics=metrics,
             size=len(payload),
             sha256=sha256_hex(payload),
+            session_id=self.session,
         )
         reply = self._call(
             lambda: self.stub.UploadUpdate(

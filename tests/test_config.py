@@ -60,6 +60,11 @@ def test_unknown_section_is_named(tmp_path):
         ("train.schedule=linear", r"train\.schedule: 'linear' is not one of"),
         ("model.n_action_steps=99", r"model\.n_action_steps: 99 exceeds model\.chunk_size"),
         ("federation.mu=-1", r"federation\.mu: must be >= 0"),
+        ("federation.max_update_norm=-1", r"federation\.max_update_norm: must be >= 0"),
+        (
+            "federation.update_norm_median_factor=0.5",
+            r"federation\.update_norm_median_factor: 0\.5 must be > 1",
+        ),
         ("train=3", r"--set train: 'train' is a value|train: expected a table"),
         ("nokey", r"expected section\.key=value"),
     ],

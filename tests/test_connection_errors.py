@@ -121,7 +121,7 @@ def test_refused_connection_is_retried_with_its_cause_and_the_give_up_time(caplo
     )
     client = ParticipantClient(options)
     try:
-        with pytest.raises(Zk0Error, match=r"unreachable for \d+s \(join: connection refused\)"):
+        with pytest.raises(Zk0Error, match=r"unreachable \(connection refused\) for \d+s \(join\)"):
             client.join()
     finally:
         client.channel.close()

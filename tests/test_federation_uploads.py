@@ -120,12 +120,14 @@ class Rogue:
         self.reply: pb.UploadUpdateResponse | None = None
         self.error: BaseException | None = None
         self.told_done = False
+        self.session = ""  # issued at Join, carried by every later call
         self.thread = threading.Thread(target=self._main, name=f"test-{name}", daemon=True)
 
     def _heartbeats(self) -> None:
         while not self.stop.wait(0.5):
             try:
-                reply = self.stub.Heartbeat(pb.HeartbeatRequest(participant_id=self.name), timeout=5)
+                request = pb.HeartbeatRequest(participant_id=self.name, session_id=self.session)
+                reply = self.stub.Heartbeat(request, timeout=5)
             except grpc.RpcError:
                 continue
             if not reply.registered and reply.run_active:
@@ -141,14 +143,16 @@ class Rogue:
             self.channel.close()
 
     def _task(self) -> pb.GetTaskResponse:
-        return self.stub.GetTask(pb.GetTaskRequest(participant_id=self.name), timeout=10)
+        return self.stub.GetTask(
+            pb.GetTaskRequest(participant_id=self.name, session_id=self.session), timeout=10
+        )
 
     def _take_part(self) -> None:
         assert self.ready.wait(120), "the honest participants never became ready"
-        self.stub.Join(
+        self.session = self.stub.Join(
             pb.JoinRequest(participant_name=self.name, dataset=self.dataset),
             timeout=10,
-        )
+        ).session_id
         threading.Thread(target=self._heartbeats, name=f"test-{self.name}-hb", daemon=True).start()
         deadline = time.monotonic() + 120
         while (reply := self._task()).WhichOneof("task") != "train":
@@ -166,6 +170,7 @@ class Rogue:
             metrics={"policy_loss": 1.0},
             size=len(payload),
             sha256=declared,
+            session_id=self.session,
         )
 
         def messages():
@@ -181,7 +186,9 @@ class Rogue:
 
     def _download(self, task: pb.TrainTask) -> bytes:
         parts: list[bytes] = []
-        request = pb.DownloadModelRequest(participant_id=self.name, version=task.model_version, offset=0)
+        request = pb.DownloadModelRequest(
+            participant_id=self.name, version=task.model_version, offset=0, session_id=self.session
+        )
         for message in self.stub.DownloadModel(request, timeout=30):
             if message.HasField("info"):
                 assert message.info.version == task.model_version

@@ -5,6 +5,7 @@ Each must stop within a bounded wait, say `interrupted` in one line on stderr an
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -118,8 +119,10 @@ def test_simulate_stops_on_a_signal_mid_training(demo_root, tmp_path, sig):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
-def test_participant_stops_on_a_signal_mid_training(demo_root, tmp_path, sig):
-    config = small_config(demo_root)
+def test_participant_stops_on_a_signal_mid_training(demo_root, tmp_path, sig, caplog):
+    """... and tells the coordinator it leaves, which drops it at once (not when its lease lapses)."""
+    caplog.set_level(logging.INFO, logger="coordinator.rounds")
+    config = small_config(demo_root, "federation.lease_s=60")
     server = CoordinatorServer(config, tmp_path / "run", ServerOptions(insecure=True, device="cpu"))
     port = server.start()
     try:
@@ -129,6 +132,7 @@ def test_participant_stops_on_a_signal_mid_training(demo_root, tmp_path, sig):
         wait_for_text(err, "p0: round 1, ", process)
         time.sleep(3)
         interrupt(process, sig, err)
+        assert "participant p0 left (interrupted)" in caplog.text
     finally:
         server.stop()
 

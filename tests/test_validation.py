@@ -8,7 +8,16 @@ import torch
 
 from zk0.codec import Manifest, SpoolReader, encode_state, sha256_hex, write_atomic
 from zk0.v1 import federation_pb2 as pb
-from zk0.validation import Refusal, UpdateHeader, UpdateRejected, validate_tensors, validate_update
+from zk0.validation import (
+    MAX_METRIC_KEY,
+    MAX_METRICS,
+    Refusal,
+    UpdateHeader,
+    UpdateRejected,
+    validate_metrics,
+    validate_tensors,
+    validate_update,
+)
 
 CURRENT = sha256_hex(b"global model of round 4")
 OTHER = sha256_hex(b"global model of round 3")
@@ -81,6 +90,48 @@ def test_each_header_rule_refuses_with_its_reason(changes, refusal, reason):
     err = rejection(replace(HEADER, **changes))
     assert err.refusal is refusal
     assert err.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("metrics", "reason"),
+    [
+        ({"steps": 10.0}, "update metrics: 'policy_loss' missing"),
+        ({"policy_loss": float("nan")}, "update metrics: 'policy_loss' = nan is not a finite number"),
+        (
+            {"policy_loss": 0.5, "grad_norm": float("-inf")},
+            "update metrics: 'grad_norm' = -inf is not a finite number",
+        ),
+        (
+            {"policy_loss": 0.5, "x" * (MAX_METRIC_KEY + 1): 1.0},
+            f"update metrics: key {'x' * MAX_METRIC_KEY!r}... must be 1-{MAX_METRIC_KEY} characters",
+        ),
+        (
+            {"policy_loss": 0.5, **{f"m{i}": 1.0 for i in range(MAX_METRICS)}},
+            f"update metrics: {MAX_METRICS + 1} entries, more than {MAX_METRICS}",
+        ),
+    ],
+    ids=["missing", "nan", "inf", "long-key", "too-many"],
+)
+def test_update_metrics_are_refused_as_a_bad_header(metrics, reason):
+    err = rejection(replace(HEADER, metrics=metrics))
+    assert err.refusal is Refusal.BAD_HEADER
+    assert err.reason == reason
+
+
+def test_metrics_at_their_bounds_pass():
+    metrics = {"policy_loss": 1e300, **{"k" * MAX_METRIC_KEY + str(i): -1.0 for i in range(MAX_METRICS - 1)}}
+    validate_metrics({key[-MAX_METRIC_KEY:]: v for key, v in metrics.items()}, ["policy_loss"])
+
+
+def test_a_sample_count_above_what_a_round_trains_is_refused():
+    bound = dict(current_round=4, current_version=CURRENT, max_bytes=1 << 20)
+    validate_update(replace(HEADER, sample_count=120), MANIFEST, max_samples=120, **bound)
+    with pytest.raises(UpdateRejected) as err:
+        validate_update(replace(HEADER, sample_count=10**18), MANIFEST, max_samples=120, **bound)
+    assert err.value.refusal is Refusal.BAD_HEADER
+    assert err.value.reason == (
+        f"sample count {10**18} exceeds the round's 120 (train.local_steps x train.batch_size)"
+    )
 
 
 def test_header_round_trips_through_its_proto_message():

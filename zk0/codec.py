@@ -461,11 +461,14 @@ class FileAssembler(_Receiver):
         self.abort()
 
     def abort(self) -> None:
-        """Drop the partial file; harmless after finish() or a refusal."""
+        """Drop the partial file; harmless after finish() or a refusal. The file goes even when closing it
+        fails (a full disk refuses the buffered rest: that OSError propagates), so nothing is left behind."""
         if self._file is not None:
-            self._file.close()
-            self._file = None
-            self._tmp.unlink(missing_ok=True)
+            file, self._file = self._file, None
+            try:
+                file.close()
+            finally:
+                self._tmp.unlink(missing_ok=True)
 
     def finish(self) -> Path:
         """Move the verified payload into place and return its path; PayloadRejected otherwise."""

@@ -140,6 +140,15 @@ class FederationConfig:
     lease_s: float = 30.0
     chunk_kib: int = 4096
     max_update_mib: int = 4096
+    # An update farther than this (L2 distance from the round's base model) is refused at upload; 0 = off.
+    max_update_norm: float = 10000.0
+    # With 3+ updates, one farther than this x the round's median distance is left out; 0 = off.
+    update_norm_median_factor: float = 10.0
+    # Membership bounds (coordinator/membership.py): live members at once, and new sessions admitted per
+    # second on average with bursts of join_burst (a token bucket); refused joins are RESOURCE_EXHAUSTED.
+    max_members: int = 256
+    joins_per_second: float = 20.0
+    join_burst: int = 50
 
     def check(self) -> None:
         _positive("federation.rounds", self.rounds)
@@ -163,6 +172,18 @@ class FederationConfig:
         if not 1024 <= self.chunk_kib <= 4096:
             raise ConfigError(f"federation.chunk_kib: {self.chunk_kib} must be within 1024..4096 (1-4 MiB)")
         _positive("federation.max_update_mib", self.max_update_mib)
+        _non_negative("federation.max_update_norm", self.max_update_norm)
+        factor = self.update_norm_median_factor
+        if factor != 0 and not factor > 1:
+            raise ConfigError(f"federation.update_norm_median_factor: {factor} must be > 1 (0 = off)")
+        _positive("federation.max_members", self.max_members)
+        if self.max_members < self.min_participants:
+            raise ConfigError(
+                f"federation.max_members: {self.max_members} is below federation.min_participants "
+                f"{self.min_participants}, so the run could never start"
+            )
+        _positive("federation.joins_per_second", self.joins_per_second)
+        _positive("federation.join_burst", self.join_burst)
 
     @property
     def round_mu(self) -> float:

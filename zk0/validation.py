@@ -7,7 +7,8 @@ servicer owns state (who is in the round) and maps `UpdateRejected.refusal` onto
 """
 
 import enum
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,12 @@ from zk0.codec import Manifest, PayloadRejected, SpoolReader, is_sha256_hex
 from zk0.v1 import federation_pb2 as pb
 
 _MAX_LISTED = 8  # problems named in one reason; the rest are counted
+MAX_METRICS = 64  # entries in one upload's or evaluation's metrics map
+MAX_METRIC_KEY = 64  # characters in one metric's name
+# What every participant sends with its update and the coordinator reads (adaptive.records_from_metrics).
+UPDATE_METRICS = ("policy_loss",)
+# What every participant's held-out evaluation reports (zk0.evaluation.evaluate) and the charts plot.
+EVALUATION_METRICS = ("loss",)
 
 
 class Refusal(enum.Enum):
@@ -55,6 +62,8 @@ class UpdateHeader:
     size: int
     sha256: str
     metrics: Mapping[str, float] = field(default_factory=dict)
+    # The uploader's session (issued at Join): the servicer checks it before any byte is spooled.
+    session_id: str = ""
 
     @classmethod
     def from_proto(cls, message: pb.UpdateHeader) -> "UpdateHeader":
@@ -66,6 +75,7 @@ class UpdateHeader:
             size=message.size,
             sha256=message.sha256,
             metrics=dict(message.metrics),
+            session_id=message.session_id,
         )
 
     def to_proto(self) -> pb.UpdateHeader:
@@ -77,6 +87,7 @@ class UpdateHeader:
             metrics=dict(self.metrics),
             size=self.size,
             sha256=self.sha256,
+            session_id=self.session_id,
         )
 
 
@@ -84,10 +95,38 @@ def _short(version: str) -> str:
     return version[:12] if is_sha256_hex(version) else repr(version)
 
 
+def validate_metrics(metrics: Mapping[str, float], required: Iterable[str], what: str = "metrics") -> None:
+    """Refuse a metrics map the coordinator could not record or read: a required key missing, a value that
+    is not a finite number, too many entries or an overlong key (they go to metrics.jsonl verbatim)."""
+    if len(metrics) > MAX_METRICS:
+        raise UpdateRejected(Refusal.BAD_HEADER, f"{what}: {len(metrics)} entries, more than {MAX_METRICS}")
+    problems = [f"{key!r} missing" for key in required if key not in metrics]
+    for key, value in metrics.items():
+        if not key or len(key) > MAX_METRIC_KEY:
+            problems.append(f"key {key[:MAX_METRIC_KEY]!r}... must be 1-{MAX_METRIC_KEY} characters")
+        elif not (isinstance(value, int | float) and math.isfinite(value)):
+            problems.append(f"{key!r} = {value!r} is not a finite number")
+    if problems:
+        listed = "; ".join(problems[:_MAX_LISTED])
+        more = len(problems) - _MAX_LISTED
+        raise UpdateRejected(
+            Refusal.BAD_HEADER, f"{what}: {listed}" + (f"; and {more} more" if more > 0 else "")
+        )
+
+
 def validate_update(
-    header: UpdateHeader, manifest: Manifest, *, current_round: int, current_version: str, max_bytes: int
+    header: UpdateHeader,
+    manifest: Manifest,
+    *,
+    current_round: int,
+    current_version: str,
+    max_bytes: int,
+    max_samples: int | None = None,
 ) -> None:
-    """Refuse a header that cannot yield a countable update; returns None when it may proceed."""
+    """Refuse a header that cannot yield a countable update; returns None when it may proceed.
+
+    `max_samples`: the most samples a round's local training can see (local steps x batch size); a larger
+    sample count would outweigh every honest participant in FedAvg."""
     if not header.participant_id:
         raise UpdateRejected(Refusal.BAD_HEADER, "missing participant id")
     if header.round < current_round:
@@ -105,6 +144,12 @@ def validate_update(
         )
     if header.sample_count <= 0:
         raise UpdateRejected(Refusal.BAD_HEADER, f"sample count {header.sample_count} must be > 0")
+    if max_samples is not None and header.sample_count > max_samples:
+        raise UpdateRejected(
+            Refusal.BAD_HEADER,
+            f"sample count {header.sample_count} exceeds the round's {max_samples} "
+            "(train.local_steps x train.batch_size)",
+        )
     if not is_sha256_hex(header.sha256):
         raise UpdateRejected(Refusal.BAD_HEADER, f"sha256 {header.sha256!r} is not 64 lowercase hex digits")
     if header.size > max_bytes:
@@ -116,6 +161,7 @@ def validate_update(
             Refusal.BAD_HEADER,
             f"declared size {header.size} bytes is below the manifest's {manifest.num_bytes} tensor bytes",
         )
+    validate_metrics(header.metrics, UPDATE_METRICS, "update metrics")
 
 
 def _refuse_all(problems: list[str]) -> None:

@@ -75,34 +75,40 @@ class DatasetDescription(_message.Message):
     def __init__(self, repo_id: _Optional[str] = ..., features: _Optional[_Iterable[_Union[FeatureSpec, _Mapping]]] = ..., episodes: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[float] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("participant_name", "dataset")
+    __slots__ = ("participant_name", "dataset", "session_id")
     PARTICIPANT_NAME_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     participant_name: str
     dataset: DatasetDescription
-    def __init__(self, participant_name: _Optional[str] = ..., dataset: _Optional[_Union[DatasetDescription, _Mapping]] = ...) -> None: ...
+    session_id: str
+    def __init__(self, participant_name: _Optional[str] = ..., dataset: _Optional[_Union[DatasetDescription, _Mapping]] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("participant_id", "lease_seconds", "run_id", "config_toml", "frozen_sha256", "normalization_json")
+    __slots__ = ("participant_id", "lease_seconds", "run_id", "config_toml", "frozen_sha256", "normalization_json", "session_id")
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_TOML_FIELD_NUMBER: _ClassVar[int]
     FROZEN_SHA256_FIELD_NUMBER: _ClassVar[int]
     NORMALIZATION_JSON_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     participant_id: str
     lease_seconds: float
     run_id: str
     config_toml: str
     frozen_sha256: str
     normalization_json: str
-    def __init__(self, participant_id: _Optional[str] = ..., lease_seconds: _Optional[float] = ..., run_id: _Optional[str] = ..., config_toml: _Optional[str] = ..., frozen_sha256: _Optional[str] = ..., normalization_json: _Optional[str] = ...) -> None: ...
+    session_id: str
+    def __init__(self, participant_id: _Optional[str] = ..., lease_seconds: _Optional[float] = ..., run_id: _Optional[str] = ..., config_toml: _Optional[str] = ..., frozen_sha256: _Optional[str] = ..., normalization_json: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("participant_id",)
+    __slots__ = ("participant_id", "session_id")
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     participant_id: str
-    def __init__(self, participant_id: _Optional[str] = ...) -> None: ...
+    session_id: str
+    def __init__(self, participant_id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("run_active", "registered", "lease_seconds")
@@ -115,10 +121,12 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, run_active: _Optional[bool] = ..., registered: _Optional[bool] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
 
 class GetTaskRequest(_message.Message):
-    __slots__ = ("participant_id",)
+    __slots__ = ("participant_id", "session_id")
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     participant_id: str
-    def __init__(self, participant_id: _Optional[str] = ...) -> None: ...
+    session_id: str
+    def __init__(self, participant_id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class Hyperparameters(_message.Message):
     __slots__ = ("local_steps", "lr", "mu", "schedule", "seed", "batch_size")
@@ -177,14 +185,16 @@ class GetTaskResponse(_message.Message):
     def __init__(self, train: _Optional[_Union[TrainTask, _Mapping]] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ...) -> None: ...
 
 class DownloadModelRequest(_message.Message):
-    __slots__ = ("participant_id", "version", "offset")
+    __slots__ = ("participant_id", "version", "offset", "session_id")
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     participant_id: str
     version: str
     offset: int
-    def __init__(self, participant_id: _Optional[str] = ..., version: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+    session_id: str
+    def __init__(self, participant_id: _Optional[str] = ..., version: _Optional[str] = ..., offset: _Optional[int] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("version", "size", "manifest")
@@ -205,7 +215,7 @@ class DownloadModelResponse(_message.Message):
     def __init__(self, info: _Optional[_Union[ModelInfo, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("participant_id", "round", "base_version", "sample_count", "metrics", "size", "sha256")
+    __slots__ = ("participant_id", "round", "base_version", "sample_count", "metrics", "size", "sha256", "session_id")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -220,6 +230,7 @@ class UpdateHeader(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     participant_id: str
     round: int
     base_version: str
@@ -227,7 +238,8 @@ class UpdateHeader(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     size: int
     sha256: str
-    def __init__(self, participant_id: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[str] = ..., sample_count: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+    session_id: str
+    def __init__(self, participant_id: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[str] = ..., sample_count: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class UploadUpdateRequest(_message.Message):
     __slots__ = ("header", "chunk")
@@ -248,7 +260,7 @@ class UploadUpdateResponse(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., refusal: _Optional[_Union[Refusal, str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ReportEvaluationRequest(_message.Message):
-    __slots__ = ("participant_id", "round", "version", "sample_count", "metrics")
+    __slots__ = ("participant_id", "round", "version", "sample_count", "metrics", "session_id")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -261,12 +273,14 @@ class ReportEvaluationRequest(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     participant_id: str
     round: int
     version: str
     sample_count: int
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, participant_id: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[str] = ..., sample_count: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    session_id: str
+    def __init__(self, participant_id: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[str] = ..., sample_count: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class ReportEvaluationResponse(_message.Message):
     __slots__ = ("recorded", "reason")
@@ -275,3 +289,19 @@ class ReportEvaluationResponse(_message.Message):
     recorded: bool
     reason: str
     def __init__(self, recorded: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class LeaveRequest(_message.Message):
+    __slots__ = ("participant_id", "session_id", "reason")
+    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    participant_id: str
+    session_id: str
+    reason: str
+    def __init__(self, participant_id: _Optional[str] = ..., session_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class LeaveResponse(_message.Message):
+    __slots__ = ("left",)
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    left: bool
+    def __init__(self, left: _Optional[bool] = ...) -> None: ...

@@ -64,6 +64,11 @@ class FederationStub:
                 request_serializer=zk0_dot_v1_dot_federation__pb2.ReportEvaluationRequest.SerializeToString,
                 response_deserializer=zk0_dot_v1_dot_federation__pb2.ReportEvaluationResponse.FromString,
                 _registered_method=True)
+        self.Leave = channel.unary_unary(
+                '/zk0.v1.Federation/Leave',
+                request_serializer=zk0_dot_v1_dot_federation__pb2.LeaveRequest.SerializeToString,
+                response_deserializer=zk0_dot_v1_dot_federation__pb2.LeaveResponse.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -111,6 +116,15 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Leave(self, request, context):
+        """Says the participant is stopping (Ctrl-C, an error): the coordinator drops it at once, out of the
+        round it was sampled in, instead of waiting for its lease to lapse. Best effort: a participant that
+        cannot reach the coordinator just stops.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +157,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.ReportEvaluation,
                     request_deserializer=zk0_dot_v1_dot_federation__pb2.ReportEvaluationRequest.FromString,
                     response_serializer=zk0_dot_v1_dot_federation__pb2.ReportEvaluationResponse.SerializeToString,
+            ),
+            'Leave': grpc.unary_unary_rpc_method_handler(
+                    servicer.Leave,
+                    request_deserializer=zk0_dot_v1_dot_federation__pb2.LeaveRequest.FromString,
+                    response_serializer=zk0_dot_v1_dot_federation__pb2.LeaveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +326,33 @@ class Federation:
             '/zk0.v1.Federation/ReportEvaluation',
             zk0_dot_v1_dot_federation__pb2.ReportEvaluationRequest.SerializeToString,
             zk0_dot_v1_dot_federation__pb2.ReportEvaluationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Leave(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zk0.v1.Federation/Leave',
+            zk0_dot_v1_dot_federation__pb2.LeaveRequest.SerializeToString,
+            zk0_dot_v1_dot_federation__pb2.LeaveResponse.FromString,
             options,
             channel_credentials,
             insecure,
