@@ -21,6 +21,7 @@ def test_workers_are_spawned():
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("error:This process .* is multi-threaded, use of fork:DeprecationWarning")
 def test_a_participant_round_with_dataloader_workers(demo_root, tmp_path):
     """A real round over gRPC (participant thread, heartbeats, coordinator) with a worker per loader."""
     config = load_config(
