@@ -16,6 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve a federated run (resumes it when --run-dir already holds it)")
     add_config_args(p, default=None)
     p.add_argument("--run-dir", type=Path, required=True, help="the run directory (created, or resumed)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="delete the run already in --run-dir and start afresh"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=50051, help="port to listen on (default 50051; 0 = any free)")
     p.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
@@ -25,8 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tokens", type=Path, help="tokens file: one 'NAME TOKEN' per line")
     p.add_argument("--insecure", action="store_true", help="no TLS; only allowed on a loopback host")
+    p.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        help="serve off loopback without --tokens or --tls-client-ca: anyone who reaches the port may join",
+    )
     p.add_argument("--device", default="auto", help="device for the coordinator's evaluation (default auto)")
     p.add_argument("--push-to-hub", metavar="REPO", help="upload final/ to this hub model repo at the end")
+    p.add_argument(
+        "--public", action="store_true", help="--push-to-hub creates a public repo (default: private)"
+    )
     p.set_defaults(func=cmd_serve)
     return parser
 
@@ -34,9 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_serve(args: argparse.Namespace) -> int:
     from coordinator.server import CoordinatorServer, ServerOptions
     from zk0.config import load_config
+    from zk0.reuse import reuse_run_dir
 
     quiet_libraries()
     config = load_config(args.config, args.overrides)
+    reuse = reuse_run_dir(args.run_dir, config, "federated", overwrite=args.overwrite)  # before any work
+    if reuse.message:
+        print(f"zk0-coordinator: {reuse.message}", flush=True)
+    if reuse.action == "finished":
+        return 0
     options = ServerOptions(
         host=args.host,
         port=args.port,
@@ -47,6 +64,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         device=args.device,
         push_to_hub=args.push_to_hub,
+        allow_anonymous=args.allow_anonymous,
+        public=args.public,
     )
     server = CoordinatorServer(config, args.run_dir, options)
     port = server.start()

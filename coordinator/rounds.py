@@ -580,8 +580,7 @@ class Coordinator:
             return entry
         path = self.store.write_global(state.round, mean)
         self._spare_sums = reusable_sums(mean)  # the next round sums into these: no fresh model's worth
-        model = ModelFile(path, self.chunk_bytes)
-        self.store.mark_completed(state.round, model.version, model.size)
+        model = ModelFile(path, self.chunk_bytes)  # completed once on_round has recorded it (mark_completed)
         self._set_model(state.round, model)
         version = model.version
         entry["version"] = version

@@ -12,14 +12,13 @@ from pathlib import Path
 import grpc
 
 from coordinator.adaptive import Decision, decide, records_from_metrics
-from coordinator.report import model_card, write_charts
 from coordinator.rounds import Coordinator, RoundState
 from coordinator.service import FederationService, read_tokens
 from coordinator.store import RunStore
 from zk0 import hub
-from zk0.codec import Manifest, decode_state, encode_state
+from zk0.codec import Manifest, decode_state, encode_state, sha256_hex, write_atomic
 from zk0.config import Config, config_to_toml
-from zk0.errors import Zk0Error
+from zk0.errors import Zk0Error, disk_full
 from zk0.evaluation import describe_eval, evaluate_all, evaluation_setup
 from zk0.normalization import stats_to_json
 from zk0.policy import (
@@ -29,6 +28,7 @@ from zk0.policy import (
     resolve_device,
     trainable_state,
 )
+from zk0.report import model_card, write_charts
 from zk0.transport import GRPC_OPTIONS, is_loopback, server_credentials
 from zk0.v1 import federation_pb2_grpc as pb_grpc
 
@@ -49,6 +49,8 @@ class ServerOptions:
     device: str = "auto"
     workers: int = 16
     push_to_hub: str | None = None
+    allow_anonymous: bool = False
+    public: bool = False  # --push-to-hub creates a private repository unless this says public
 
     def check(self) -> None:
         tls = self.tls_cert is not None or self.tls_key is not None
@@ -60,8 +62,17 @@ class ServerOptions:
             raise Zk0Error("--insecure contradicts --tls-cert/--tls-key")
         if not tls and not self.insecure:
             raise Zk0Error("no TLS: pass --tls-cert and --tls-key, or --insecure on a loopback host")
+        if self.public and not self.push_to_hub:
+            raise Zk0Error("--public only says how --push-to-hub creates its repository; pass --push-to-hub")
         if self.insecure and not is_loopback(self.host):
             raise Zk0Error(f"--insecure serves only on a loopback host, not {self.host}; use TLS")
+        # TLS alone encrypts but admits anyone who reaches the port: off loopback that must be a choice.
+        anonymous = self.tokens is None and self.tls_client_ca is None
+        if anonymous and not is_loopback(self.host) and not self.allow_anonymous:
+            raise Zk0Error(
+                f"serving on {self.host} without --tokens or --tls-client-ca admits anyone who can reach the "
+                "port; pass --tokens or --tls-client-ca, or --allow-anonymous if that is intended"
+            )
 
 
 class CoordinatorServer:
@@ -96,11 +107,11 @@ class CoordinatorServer:
         )
         self.base_mu, self.base_lr = config.federation.round_mu, config.train.lr
         completed = self.store.completed() if resumed else None
-        if completed is None:
+        if completed is None:  # round 0 is the initial model, completed like any round once recorded
             data = encode_state(initial)
-            version = self.store.save_global(0, data)
-            self.coordinator.set_global(0, data, version)
-            self._after_round(0, {"round": 0, "version": version})
+            write_atomic(self.store.model_path(0), data)
+            self.coordinator.set_global(0, data, sha256_hex(data))
+            self._after_round(0, {"round": 0, "version": sha256_hex(data)})
         else:
             round_idx, version, data = completed
             self.coordinator.set_global(round_idx, data, version)
@@ -139,6 +150,9 @@ class CoordinatorServer:
             for rule in decision.rules:
                 log.info("round %d: %s", round_idx, rule)
         self.store.run.record(entry, step=round_idx)
+        # Completed only once recorded: a crash before this line redoes the round (RunStore.recover drops
+        # its record), so every completed round has exactly one record of its aggregation.
+        self.store.mark_completed(round_idx, entry["version"], self.coordinator.global_size)
         write_charts(self.store.run.read_metrics(), self.store.path)
         self._apply(decision, round_idx)
 
@@ -217,8 +231,9 @@ class CoordinatorServer:
         write_charts(entries, run.path)
         log.info("run complete: final model in %s, best in %s", run.final_dir, run.path / BEST_DIR)
         if self.options.push_to_hub:
-            url = hub.push_folder(run.final_dir, self.options.push_to_hub)
+            url = hub.push_folder(run.final_dir, self.options.push_to_hub, private=not self.options.public)
             log.info("pushed %s to %s", run.final_dir, url)
+        run.mark_finished()  # last: a rerun of this command now reports the run instead of redoing this
 
     def _drive(self) -> None:
         try:
@@ -228,7 +243,7 @@ class CoordinatorServer:
             if not self.stop_event.is_set():
                 self._finish_run()
         except BaseException as e:  # noqa: BLE001 - handed to the thread that waits, which re-raises it
-            self.error = e
+            self.error = disk_full(e, self.store.path) or e
             log.error("coordinator stopped: %s", e)
 
     def wait(self, timeout: float | None = None) -> None:

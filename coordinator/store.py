@@ -13,8 +13,8 @@ at any instant restarts from a consistent round with every accepted update of th
 
 from __future__ import annotations
 
-import difflib
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -22,12 +22,14 @@ from pathlib import Path
 import torch
 
 from zk0.codec import sha256_hex, write_atomic, write_state_atomic
-from zk0.config import Config, config_to_toml
+from zk0.config import Config
 from zk0.errors import Zk0Error
-from zk0.rundir import CONFIG_FILE, METRICS_FILE, RunDir
+from zk0.reuse import STATE_FILE, completed_round, reuse_run_dir
+from zk0.rundir import RunDir
 from zk0.validation import UpdateHeader
 
-STATE_FILE = "state.json"
+log = logging.getLogger(__name__)
+
 BEST_FILE = "best.json"
 PARTICIPANTS_FILE = "participants.json"
 BEST_MODEL = "best.safetensors"
@@ -42,27 +44,71 @@ class RunStore:
 
     @classmethod
     def open(cls, path: Path, config: Config) -> tuple[RunStore, bool]:
-        """Create a run directory, or reopen one this config started (returns resumed=True)."""
+        """Create a run directory, or reopen one this config started (returns resumed=True), by the rule
+        of `zk0.reuse.reuse_run_dir`; a reopened one is first made consistent (`recover`)."""
         path = Path(path)
-        if (path / STATE_FILE).exists():
-            stored = (path / CONFIG_FILE).read_text()
-            wanted = config_to_toml(config)
-            if stored != wanted:
-                diff = [
-                    line
-                    for line in difflib.unified_diff(
-                        stored.splitlines(), wanted.splitlines(), lineterm="", n=0
-                    )
-                    if line[:1] in "+-" and not line.startswith(("+++", "---"))
-                ]
-                raise Zk0Error(
-                    f"run directory {path} holds a run with another config ({'; '.join(diff[:6])}); "
-                    "resume with the same config or choose another --run-dir"
-                )
-            return cls(RunDir(path)), True
-        if (path / METRICS_FILE).exists():
-            raise Zk0Error(f"run directory {path} holds a run that is not a federated one; choose another")
-        return cls(RunDir.create(path, config)), False
+        reuse = reuse_run_dir(path, config, "federated")
+        if reuse.action == "finished":
+            raise Zk0Error(reuse.message)
+        if reuse.action == "fresh":
+            return cls(RunDir.create(path, config, kind="federated")), False
+        store = cls(RunDir(path))
+        store.recover()
+        return store, True
+
+    def recover(self) -> None:
+        """Make a reopened run directory consistent before it resumes after a crash (SIGKILL, full disk):
+        drop the temp files of interrupted writes and uploads, metrics.jsonl's torn last line and the
+        records of rounds state.json does not count as completed (those rounds are redone from their kept
+        accepted updates), and re-derive the best model from the records that remain."""
+        leftovers = [*self.path.glob(".*.tmp"), *self.path.glob("models/.*.tmp")]
+        leftovers += [*self.path.glob("updates/*/.*.part"), *self.path.glob("updates/*/.*.tmp")]
+        for leftover in leftovers:
+            log.warning("removing %s, left by an interrupted write or upload", leftover)
+            leftover.unlink()
+        done = completed_round(self.path)
+        dropped = self.run.recover_metrics(keep=lambda e: "version" not in e or int(e["round"]) <= done)
+        for entry in dropped:
+            log.warning(
+                "round %d: its record was written but the round never marked completed: redoing it",
+                entry["round"],
+            )
+        self._recover_best(done)
+
+    def _recover_best(self, done: int) -> None:
+        """best.json and models/best.safetensors as the kept records say (the lowest composite evaluation
+        loss, earliest first, as `CoordinatorServer._after_round` keeps it)."""
+        latest = {
+            int(e["round"]): e for e in self.run.read_metrics() if "version" in e and int(e["round"]) <= done
+        }
+        derived = None
+        for round_idx, entry in sorted(latest.items()):
+            if "eval" in entry and (derived is None or entry["eval"]["composite"]["loss"] < derived["loss"]):
+                derived = {
+                    "round": round_idx,
+                    "version": entry["version"],
+                    "loss": entry["eval"]["composite"]["loss"],
+                }
+        best_json, best_model = self.path / BEST_FILE, self.path / "models" / BEST_MODEL
+        recorded = json.loads(best_json.read_text()) if best_json.exists() else None
+        if derived is None:
+            best_json.unlink(missing_ok=True)
+            best_model.unlink(missing_ok=True)
+            return
+        if (
+            recorded == derived
+            and best_model.exists()
+            and sha256_hex(best_model.read_bytes()) == derived["version"]
+        ):
+            return
+        source = self.model_path(derived["round"])
+        if not source.exists() or sha256_hex(source.read_bytes()) != derived["version"]:
+            raise Zk0Error(
+                f"{source} does not hold the model recorded for round {derived['round']}; "
+                "the run directory is damaged"
+            )
+        log.warning("best model: round %d, as the records say (it was %s)", derived["round"], recorded)
+        self.save_best(derived["round"], derived["version"], derived["loss"])
 
     def model_path(self, round_idx: int) -> Path:
         return self.path / "models" / f"round-{round_idx:04d}.safetensors"

@@ -3,6 +3,9 @@
 It uses a federated run's budget: the same samples (batches of participants x batch_size) over the same
 optimizer steps (rounds x local_steps, in rounds of local_steps with the LR schedule restarting each round),
 so the two compare like with like: every participant of a federated run steps in parallel with the others.
+It is evaluated exactly as a federated run's coordinator evaluates its global model (the same evaluation
+policy and normalization, from zk0.evaluation.evaluation_setup), so their numbers compare too, and it writes
+the same reports: final/ with its model card, best/, and the charts.
 """
 
 from __future__ import annotations
@@ -18,24 +21,48 @@ from torch.utils.data import ConcatDataset
 from participant.datamodule import LeRobotDataModule
 from participant.lightning_module import RoundPlan, SmolVLAModule
 from participant.local_training import LocalTrainer
-from zk0.config import Config
-from zk0.data import open_dataset
-from zk0.evaluation import describe_eval, evaluate_all
+from zk0.codec import encode_state, sha256_hex
+from zk0.config import Config, config_to_toml
+from zk0.errors import Zk0Error
+from zk0.evaluation import describe_eval, evaluate_all, evaluation_setup
 from zk0.normalization import with_shared
-from zk0.policy import build_policy, export_pretrained, resolve_device
+from zk0.policy import (
+    PolicyBundle,
+    build_policy,
+    export_pretrained,
+    load_trainable_state,
+    resolve_device,
+    trainable_state,
+)
+from zk0.report import model_card, write_charts
+from zk0.reuse import reuse_run_dir
 from zk0.rundir import RunDir
-from zk0.sources import check_same_layout, demo_root, open_source, training_split
+from zk0.sources import Source, check_same_layout, demo_root, open_source, training_split
 
 log = logging.getLogger(__name__)
 
+BEST_DIR = "best"  # as a federated run's
 
-def run_centralized(config: Config, run_dir: Path, *, progress: bool = True) -> list[dict]:
-    """Train, evaluate after every round (and before the first), export final/; returns the metrics."""
-    device = resolve_device(config.train.device)
+
+def run_centralized(
+    config: Config, run_dir: Path, *, progress: bool = True, device: str | None = None
+) -> list[dict]:
+    """Train, evaluate after every round (and before the first), export final/ and best/ with a model card
+    and charts; returns the metrics. `device` overrides train.device.
+
+    No mid-run checkpoint: `run_dir` must hold no run, or an incomplete one of this config (which restarts
+    from scratch), by the rule of `zk0.reuse.reuse_run_dir`, checked before any work."""
+    reuse = reuse_run_dir(run_dir, config, "centralized")
+    if reuse.action == "finished":
+        raise Zk0Error(reuse.message)
+    device = resolve_device(device or config.train.device)
     sources = [open_source(spec, config) for spec in config.data.participants]
     eval_sources = [open_source(spec, config) for spec in config.data.eval]
     check_same_layout(sources + eval_sources)
-    run = RunDir.create(run_dir, config)
+    run = RunDir.create(run_dir, config, kind="centralized")
+    # The coordinator's evaluation policy (built first: it seeds like the training policy below, so both
+    # start from the same initial model) scores every round's trained weights.
+    eval_bundle, eval_sets = evaluation_setup(config, device=device)
 
     stats = aggregate_stats([s.meta.stats for s in sources])
     if config.data.normalization == "coordinator":  # as a federated run of this config would normalize
@@ -50,7 +77,6 @@ def run_centralized(config: Config, run_dir: Path, *, progress: bool = True) -> 
         train_sets.append(train)
         if held is not None:
             heldout_sets[source.name] = held
-    eval_sets = {s.name: open_dataset(s.ref, episodes=None, delta_timestamps=delta) for s in eval_sources}
 
     datamodule = LeRobotDataModule(
         ConcatDataset(train_sets),
@@ -72,17 +98,30 @@ def run_centralized(config: Config, run_dir: Path, *, progress: bool = True) -> 
         trainer.precision,
     )
 
+    best: dict | None = None
+    best_state: dict | None = None
+
     def evaluated(entry: dict) -> dict:
+        nonlocal best, best_state
+        state = trainable_state(bundle.policy)
+        entry["version"] = sha256_hex(encode_state(state))
         if config.eval.due(entry["round"], config.federation.rounds):
             workers = config.data.num_workers
-            entry["eval"] = evaluate_all(bundle, eval_sets, config.eval, num_workers=workers)
-            if heldout_sets:
+            load_trainable_state(eval_bundle.policy, state)
+            entry["eval"] = evaluate_all(eval_bundle, eval_sets, config.eval, num_workers=workers)
+            if heldout_sets:  # each dataset's held-out episodes, normalized as it trained
                 entry["heldout"] = evaluate_all(bundle, heldout_sets, config.eval, num_workers=workers)
             log.info("round %d: %s", entry["round"], describe_eval(entry))
+            loss = entry["eval"]["composite"]["loss"]
+            if best is None or loss < best["loss"]:
+                best = {"round": entry["round"], "version": entry["version"], "loss": loss}
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+        if best is not None:
+            entry["best"] = dict(best)
         return entry
 
     history = []
-    try:  # an interrupt leaves metrics.jsonl whole up to the last completed round
+    try:  # an interrupt leaves metrics.jsonl whole up to the last completed round, its writers closed
         entry = evaluated({"round": 0, "steps": 0})
         run.record(entry, step=0)
         history.append(entry)
@@ -96,13 +135,68 @@ def run_centralized(config: Config, run_dir: Path, *, progress: bool = True) -> 
                 result.policy_loss,
                 result.seconds,
             )
-            entry = evaluated(
-                {"round": round_idx, "steps": round_idx * steps_per_round, "train": result.as_dict()}
-            )
+            hyperparameters = {"lr": config.train.lr, "mu": 0.0, "local_steps": steps_per_round}
+            entry = {
+                "round": round_idx,
+                "steps": round_idx * steps_per_round,
+                "hyperparameters": hyperparameters,
+                "train": result.as_dict(),
+            }
+            entry = evaluated(entry)
             run.record(entry, step=round_idx)
             history.append(entry)
-        export_pretrained(bundle, run.final_dir)
+        _finish(config, run, (eval_bundle, eval_sets), sources, bundle, history, best, best_state)
+        run.mark_finished()
     finally:
         run.close()
-    log.info("wrote %s and %s", run.final_dir, run.metrics_path)
+    log.info("wrote %s, %s and %s", run.final_dir, run.path / BEST_DIR, run.metrics_path)
     return history
+
+
+def _finish(
+    config: Config,
+    run: RunDir,
+    evaluation: tuple[PolicyBundle, dict],
+    sources: list[Source],
+    trained: PolicyBundle,
+    history: list[dict],
+    best: dict | None,
+    best_state: dict | None,
+) -> None:
+    """As a federated run ends: final/ and best/ exported from the evaluation policy (so they normalize as
+    they were scored), final/README.md, and the charts."""
+    eval_bundle, eval_sets = evaluation
+    load_trainable_state(eval_bundle.policy, trainable_state(trained.policy))
+    export_pretrained(eval_bundle, run.final_dir)
+    if best_state is not None:
+        load_trainable_state(eval_bundle.policy, best_state)
+        export_pretrained(eval_bundle, run.path / BEST_DIR)
+    datasets = {
+        s.spec.removeprefix("demo:").rstrip("/").rsplit("/", 1)[-1]: {  # a directory's name, not its path
+            "repo_id": s.ref.repo_id,
+            "episodes": s.meta.total_episodes,
+            "frames": s.meta.total_frames,
+            "fps": s.meta.fps,
+            "features": list(s.meta.features),
+        }
+        for s in sources
+    }
+    card = model_card(
+        config_toml=config_to_toml(config),
+        entries=history,
+        participants=datasets,
+        eval_datasets={
+            name: {
+                "repo_id": d.meta.repo_id,
+                "episodes": d.meta.total_episodes,
+                "frames": d.meta.total_frames,
+            }
+            for name, d in eval_sets.items()
+        },
+        base_model=config.model.source,
+        final_version=history[-1]["version"],
+        best=best,
+        centralized=True,
+    )
+    (run.final_dir / "README.md").write_text(card)
+    write_charts(history, run.path, run="centralized run")

@@ -17,6 +17,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dataset", required=True, help="a local LeRobot dataset directory, a hub repo id, or demo:NAME"
     )
+    p.add_argument(
+        "--rename",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="map one of your dataset's observation names onto the run's (repeatable), "
+        "e.g. observation.images.top=observation.images.front",
+    )
     p.add_argument("--name", help="participant name (default: from the dataset); must match your token's")
     p.add_argument("--token", help="access token (default: $ZK0_TOKEN)")
     p.add_argument(
@@ -41,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_participate(args: argparse.Namespace) -> int:
     from participant.client import ClientOptions, ParticipantClient, participant_name
+    from zk0.rename import parse_rename
 
     quiet_libraries()
+    rename = parse_rename(args.rename)
     options = ClientOptions(
         coordinator=args.coordinator,
         dataset=args.dataset,
@@ -55,6 +65,7 @@ def cmd_participate(args: argparse.Namespace) -> int:
         device=args.device,
         give_up_s=args.give_up_after,
         progress=not args.no_progress,
+        rename=rename,
     )
     ParticipantClient(options).run()
     return 0

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,8 @@ from zk0.evaluation import evaluate
 from zk0.interrupts import STOP, Interrupted, check
 from zk0.normalization import stats_from_json, with_shared
 from zk0.policy import build_policy, frozen_fingerprint, load_trainable_state, resolve_device, trainable_state
-from zk0.sources import Source, demo_root, open_source, training_split
+from zk0.rename import rename_batches
+from zk0.sources import Source, check_spec, demo_root, open_source, training_split
 from zk0.transport import GRPC_OPTIONS, channel_credentials, is_loopback, token_metadata
 from zk0.v1 import federation_pb2 as pb
 from zk0.v1 import federation_pb2_grpc as pb_grpc
@@ -73,6 +74,7 @@ class ClientOptions:
     device: str = "auto"
     give_up_s: float = 600.0
     progress: bool = True
+    rename: dict[str, str] = field(default_factory=dict)  # --rename: the dataset's names -> the run's
 
 
 class NotRegistered(Exception):
@@ -98,6 +100,7 @@ class ParticipantRuntime:
         self.bundle = build_policy(
             config.model, source.meta, stats, device=device, demo_root=demo_root(config)
         )
+        rename_batches(self.bundle.preprocessor, source.rename)
         delta = resolve_delta_timestamps(self.bundle.policy.config, source.meta)
         train, self.heldout = training_split(
             source, heldout=config.data.heldout_episodes, delta_timestamps=delta
@@ -168,6 +171,7 @@ class ParticipantClient:
         self.channel = self._channel()
         self.stub = pb_grpc.FederationStub(self.channel)
         self.runtime: ParticipantRuntime | None = None
+        self.checked: Source | None = None  # the dataset as checked before the first join
         self.lease_s = 10.0
         self.session = ""  # issued by the coordinator at join; every later call carries it
         self.stopped = threading.Event()
@@ -179,6 +183,8 @@ class ParticipantClient:
         o = self.options
         host, _port = parse_address(o.coordinator)
         if o.insecure:
+            if o.tls_ca or o.tls_cert or o.tls_key:
+                raise Zk0Error("--insecure contradicts --tls-ca/--tls-cert/--tls-key (TLS would be ignored)")
             if not is_loopback(host):
                 raise Zk0Error(f"--insecure only reaches a loopback coordinator, not {host}; use TLS")
             return grpc.insecure_channel(o.coordinator, options=RECONNECT_OPTIONS)
@@ -251,7 +257,7 @@ class ParticipantClient:
 
     def join(self) -> None:
         o = self.options
-        source = self.runtime.source if self.runtime else None
+        source = self.runtime.source if self.runtime else self.checked
         reply = self._call(
             lambda: self.stub.Join(
                 pb.JoinRequest(
@@ -268,7 +274,7 @@ class ParticipantClient:
         self.joined.set()
         if self.runtime is None:
             config = load_config_text(reply.config_toml, f"the config sent by {o.coordinator}")
-            source = open_source(o.dataset, config)
+            source = open_source(o.dataset, config, o.rename)
             device = resolve_device(o.device)
             shared = stats_from_json(reply.normalization_json) if reply.normalization_json else None
             log.info("%s: building the policy and datasets for %s on %s", o.name, o.dataset, device)
@@ -288,6 +294,8 @@ class ParticipantClient:
 
     def run(self) -> int:
         """Take part until the coordinator says the run is done; returns the number of rounds trained."""
+        # A bad dataset is the participant's to fix: say so before contacting anyone, not after joining.
+        self.checked = check_spec(self.options.dataset, self.options.rename)
         beat = threading.Thread(
             target=self._heartbeats, name=f"zk0-heartbeat-{self.options.name}", daemon=True
         )

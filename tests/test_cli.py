@@ -74,9 +74,12 @@ def test_centralized_demo_end_to_end(tmp_path):
     bundle = load_exported(run / "final")
     assert bundle.policy.config.chunk_size == 10
 
-    again = zk0(*args)
-    assert again.returncode == 2
-    assert "already holds a run" in again.stderr
+    again = zk0(*args)  # a finished run is reported in one line, not redone
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"zk0: {run} holds this centralized run, finished" in again.stdout
+    other = zk0(*args[:-1], "train.local_steps=11")
+    assert other.returncode == 2
+    assert "differing: train.local_steps" in other.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("command", [["--help"], ["centralized", "--help"], ["demo-data", "--help"]])

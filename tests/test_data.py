@@ -222,3 +222,30 @@ def test_open_dataset_selects_episodes(small_demo: DemoPaths, demo_root: Path) -
     assert int(item["episode_index"]) == 1
     assert item[CAMERA_KEY].shape == (3, 64, 64)
     assert isinstance(item["task"], str)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["/nonexistent/zk0/dataset", "./missing_dataset", "../missing_dataset", "~/zk0-missing-dataset", "a/b/c"],
+)
+def test_a_missing_path_is_said_not_to_exist(spec: str, tmp_path: Path) -> None:
+    with pytest.raises(Zk0Error) as caught:
+        resolve_spec(spec, tmp_path)
+    message = str(caught.value)
+    assert message.startswith(f"dataset spec '{spec}': no such directory, ")
+    assert "does not exist" in message and "hub" not in message.split(";")[0]
+
+
+def test_a_mistyped_relative_path_is_not_blamed_on_the_hub(tmp_path: Path, monkeypatch) -> None:
+    """data/ exists here, data/my_datset does not: a typo of a local path, not a hub repo id."""
+    (tmp_path / "data" / "my_dataset").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Zk0Error, match="dataset spec 'data/my_datset': no such directory, .* does not exist"):
+        resolve_spec("data/my_datset", tmp_path / "demo")
+    assert resolve_spec("lerobot/svla_so100_pickplace", tmp_path / "demo").is_hub  # no lerobot/ here
+
+
+def test_a_file_is_not_a_dataset(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(Zk0Error, match="is a file, not a LeRobot dataset directory"):
+        resolve_spec(str(tmp_path / "notes.txt"), tmp_path)

@@ -292,6 +292,7 @@ def test_compare_writes_the_table_of_every_model(demo_root, tmp_path):
         "train.local_steps=2",
         "eval.batches=1",
         "eval.action_error=false",
+        'train.device="mps"',  # absent here: every run must train on --device, the local ones included
     ):
         args += ["--set", item]
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)

@@ -187,19 +187,19 @@ def test_a_participant_that_leaves_is_dropped_from_its_round_at_once(served):
     assert s.join("a").session_id != sessions["a"]
 
 
-def test_a_participant_stopped_by_an_error_says_it_leaves(served, tmp_path, caplog):
+def test_a_participant_stopped_by_an_error_says_it_leaves(served, small_demo, caplog):
     caplog.set_level(logging.INFO, logger="coordinator.rounds")
-    s = served()
+    s = served("data.fps=15")  # the dataset is valid alone (30 fps): only the run's config refuses it
     options = ClientOptions(
         coordinator=f"127.0.0.1:{s.port}",
-        dataset=str(tmp_path / "no-such-dataset"),
+        dataset=str(small_demo.participant_datasets[0]),
         name="c",
         insecure=True,
         device="cpu",
         progress=False,
         give_up_s=10,
     )
-    with pytest.raises(Zk0Error, match="not understood"):
+    with pytest.raises(Zk0Error, match="fps"):
         ParticipantClient(options).run()
     assert "c" not in s.coordinator._members  # gone now, not once its 30 s lease lapses
     assert "participant c left (stopped by an error (Zk0Error))" in caplog.text

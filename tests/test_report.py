@@ -9,8 +9,8 @@ import yaml
 from huggingface_hub import constants
 from PIL import Image
 
-from coordinator import report
-from zk0 import hub
+from coordinator.adaptive import Decision
+from zk0 import hub, report
 from zk0.errors import Zk0Error
 
 CONFIG = """seed = 0
@@ -98,7 +98,8 @@ def run_entries(*, adaptive: bool = False) -> list[dict]:
     version) and redone; round 3 not evaluated; round 4 final, worse than the best (round 2)."""
 
     def ad(**kw):
-        return {"adaptive": {"rules": [], "hold": False, "rollback": False, **kw}} if adaptive else {}
+        """What the coordinator writes: Decision.to_metrics() of the decision taken after the round."""
+        return {"adaptive": Decision(**kw).to_metrics()} if adaptive else {}
 
     return [
         {"round": 0, "version": "v0", "eval": evaluation(2.25, 1.875, 2.0, mae=0.9)},
@@ -310,12 +311,45 @@ def test_model_card_describes_the_run_and_its_data():
     assert "| Base model | lerobot/smolvla_base |" in text
     assert "| Rounds | 4 of 4 configured |" in text
     assert "| p0 | lerobot/svla_so100_pickplace | 50 | 19631 | 30 | observation.state, action | 4 |" in text
-    assert "| p2 | /data/private_set | 12 | 3456 | 30 | – | 3 |" in text  # dropped from round 2
+    assert (
+        "| p2 | local dataset | 12 | 3456 | 30 | – | 3 |" in text
+    )  # dropped from round 2; path not published
     assert "| demo:eval | demo:eval | 4 | 240 |" in text
     assert "| lerobot/svla_so100_stacking | lerobot/svla_so100_stacking | 56 | 22956 |" in text
     assert "| 2 | 2 | p0, p1 | p2 | 0.01 | 0.001 | 1.125 |" in text  # the redone round, its second attempt
     assert "| 3 | 1 | p0, p1, p2 | – | 0.01 | 0.001 | – |" in text  # not evaluated
     assert "7.777" not in text  # the superseded record of round 1
+
+
+def test_model_card_publishes_hub_ids_only_and_counts_local_datasets():
+    """A participant's local dataset appears as "local dataset" (never its path or directory name, whether
+    the description carries the raw spec or zk0's local/<dirname> id), counted; hub ids stay."""
+    participants = {
+        **PARTICIPANTS,
+        "p3": {
+            "repo_id": "local/alice_kitchen_2024",
+            "episodes": 5,
+            "frames": 500,
+            "fps": 30,
+            "features": [],
+        },
+    }
+    text = card(participants=participants)
+    assert "/data/private_set" not in text and "private_set" not in text
+    assert "alice_kitchen_2024" not in text
+    assert "| p3 | local dataset | 5 | 500 | 30 | – |" in text
+    assert "2 of 4 participant(s) trained on local datasets that are not on the hub" in text
+    assert "| p0 | lerobot/svla_so100_pickplace |" in text
+    assert front_matter(text)["datasets"] == ["lerobot/svla_so100_pickplace", "lerobot/svla_so100_stacking"]
+
+
+def test_zk0_owned_repo_ids_are_not_hub_datasets():
+    from zk0.demo import REPO_PREFIX
+
+    assert hub.DEMO_OWNER == REPO_PREFIX
+    assert hub.is_hub_dataset_id("lerobot/svla_so100_pickplace")
+    for repo_id in ("local/mine", "zk0-demo/p0", "/data/x", "demo:p0"):
+        assert not hub.is_hub_dataset_id(repo_id), repo_id
 
 
 def test_model_card_final_and_best_metrics_come_from_their_rounds():

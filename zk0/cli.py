@@ -24,6 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("centralized", help="train one model on the union of the participants' datasets")
     add_config_args(p)
     p.add_argument("--run-dir", type=Path, help="where to write the run (default: runs/centralized-<time>)")
+    p.add_argument("--device", help="device to train and evaluate on (default: train.device)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="delete the run already in --run-dir and start afresh"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     p.set_defaults(func=cmd_centralized)
 
@@ -34,9 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.add_argument("--run-dir", type=Path, help="where to write the run (default: runs/simulate-<time>)")
     p.add_argument(
+        "--overwrite", action="store_true", help="delete the run already in --run-dir and start afresh"
+    )
+    p.add_argument(
         "--device", help="device for every participant and the coordinator (default: train.device)"
     )
     p.add_argument("--push-to-hub", metavar="REPO", help="upload final/ to this hub model repo at the end")
+    p.add_argument(
+        "--public", action="store_true", help="--push-to-hub creates a public repo (default: private)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     p.set_defaults(func=cmd_simulate)
 
@@ -47,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.add_argument(
         "--out", type=Path, help="where to write the runs and the table (default: runs/compare-<time>)"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="delete the run already in --out and start afresh"
     )
     p.add_argument("--device", help="device for every run (default: train.device)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
@@ -70,14 +83,22 @@ def cmd_centralized(args: argparse.Namespace) -> int:
     quiet_libraries()
     config = load_config(args.config, args.overrides)
     run_dir = args.run_dir or default_run_dir("centralized")
-    history = run_centralized(config, run_dir, progress=not args.no_progress)
+    if finished(run_dir, config, "centralized", args.overwrite):
+        return 0
+    history = run_centralized(config, run_dir, progress=not args.no_progress, device=args.device)
     print_eval_table(history)
     print(f"run directory: {run_dir}")
     return 0
 
 
 def simulate(
-    config, run_dir: Path, *, device: str, progress: bool, push_to_hub: str | None = None
+    config,
+    run_dir: Path,
+    *,
+    device: str,
+    progress: bool,
+    push_to_hub: str | None = None,
+    public: bool = False,
 ) -> list[dict]:
     """The coordinator's gRPC server on 127.0.0.1 (ephemeral port) and one participant client per configured
     dataset, each in a thread of this process, training one after another on the one device.
@@ -92,7 +113,9 @@ def simulate(
     from participant.client import ClientOptions, ParticipantClient, participant_name
     from zk0.interrupts import Interrupted
 
-    options = ServerOptions(host="127.0.0.1", insecure=True, device=device, push_to_hub=push_to_hub)
+    options = ServerOptions(
+        host="127.0.0.1", insecure=True, device=device, push_to_hub=push_to_hub, public=public
+    )
     server = CoordinatorServer(config, run_dir, options)
     port = server.start()
     train_lock = threading.Lock()
@@ -140,15 +163,33 @@ def simulate(
     return server.store.run.read_metrics()
 
 
+def finished(run_dir: Path, config, kind: str, overwrite: bool) -> bool:
+    """The run-directory rule (zk0.reuse), before any work: True (said in one line) when `run_dir` already
+    holds this finished run; raises Zk0Error when it holds another."""
+    from zk0.reuse import reuse_run_dir
+
+    reuse = reuse_run_dir(run_dir, config, kind, overwrite=overwrite)
+    if reuse.message:
+        print(f"zk0: {reuse.message}", flush=True)
+    return reuse.action == "finished"
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from zk0.config import load_config
 
     quiet_libraries()
     config = load_config(args.config, args.overrides)
     run_dir = args.run_dir or default_run_dir("simulate")
+    if finished(run_dir, config, "federated", args.overwrite):
+        return 0
     device = args.device or config.train.device
     history = simulate(
-        config, run_dir, device=device, progress=not args.no_progress, push_to_hub=args.push_to_hub
+        config,
+        run_dir,
+        device=device,
+        progress=not args.no_progress,
+        push_to_hub=args.push_to_hub,
+        public=args.public,
     )
     print_eval_table(history)
     print(f"run directory: {run_dir}")
@@ -174,15 +215,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from participant.centralized import run_centralized
     from zk0.compare import Row, score, table, trainable_from, verdict
     from zk0.config import load_config
-    from zk0.errors import Zk0Error
     from zk0.evaluation import evaluation_setup
     from zk0.policy import resolve_device, trainable_state
+    from zk0.reuse import reuse_run_dir
+    from zk0.rundir import CONFIG_FILE, RunDir
 
     quiet_libraries()
     config = load_config(args.config, args.overrides)
     out = args.out or default_run_dir("compare")
-    if (out / "compare.json").exists():
-        raise Zk0Error(f"{out} already holds a comparison; choose another --out")
+    if finished(out, config, "compare", args.overwrite):
+        return 0
+    if not (out / CONFIG_FILE).exists():
+        RunDir.create(out, config, kind="compare")
     device = resolve_device(args.device or config.train.device)
     progress = not args.no_progress
     fed, steps = config.federation, config.train.local_steps * config.train.batch_size  # samples/round
@@ -198,22 +242,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
         )
     ]
     for strategy in ("fedavg", "fedprox"):
-        run = out / strategy
-        history = simulate(
-            variant(f'federation.strategy="{strategy}"'), run, device=device, progress=progress
-        )
+        run, run_config = out / strategy, variant(f'federation.strategy="{strategy}"')
+        if reuse_run_dir(run, run_config, "federated").action == "finished":  # a resumed comparison
+            history = RunDir(run).read_metrics()
+        else:
+            history = simulate(run_config, run, device=device, progress=progress)
         last = max(e["round"] for e in history if "version" in e)
         state = trainable_from(run / "models" / f"round-{last:04d}.safetensors", bundle.policy)
         row = Row(f"federated {strategy}", "federated", participants * fed.rounds * steps)
         rows.append(score(row, state, bundle, eval_sets, config.eval))
-    run_centralized(config, out / "centralized", progress=progress)
+    if reuse_run_dir(out / "centralized", config, "centralized").action != "finished":
+        run_centralized(config, out / "centralized", progress=progress, device=device)
     state = trainable_from(out / "centralized" / "final" / "model.safetensors", bundle.policy)
     row = Row("centralized", "centralized", participants * fed.rounds * steps)
     rows.append(score(row, state, bundle, eval_sets, config.eval))
     for spec in config.data.participants:
         name = spec.removeprefix("demo:").rstrip("/").rsplit("/", 1)[-1]
-        run = out / f"local-{name}"
-        run_centralized(variant(f'data.participants=["{spec}"]'), run, progress=progress)
+        run, run_config = out / f"local-{name}", variant(f'data.participants=["{spec}"]')
+        if reuse_run_dir(run, run_config, "centralized").action != "finished":
+            run_centralized(run_config, run, progress=progress, device=device)
         state = trainable_from(run / "final" / "model.safetensors", bundle.policy)
         rows.append(
             score(Row(f"{name} alone", "local", fed.rounds * steps), state, bundle, eval_sets, config.eval)
@@ -230,6 +277,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             indent=2,
         )
     )
+    RunDir(out).mark_finished()
     print("\n" + report)
     print(f"written to {out / 'compare.md'}")
     return 0

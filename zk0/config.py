@@ -282,22 +282,35 @@ class AdaptiveConfig:
         _positive("adaptive.spike_window", self.spike_window)
 
     def check_against(self, federation: FederationConfig, train: TrainConfig) -> None:
-        """The starting values must lie within the clamps of the rules that are on."""
-        if self.mu_dynamic:
-            if federation.strategy != "fedprox":
-                raise ConfigError(
-                    f'adaptive.mu_dynamic: needs federation.strategy = "fedprox" '
-                    f"({federation.strategy} trains with mu = 0)"
-                )
+        """The starting values must lie within the clamps, as the config documents: train.lr within
+        [lr_min, lr_max] always (they bound every LR a participant is sent), federation.mu within
+        [mu_min, mu_max] whenever participants train with it (fedprox)."""
+        if self.mu_dynamic and federation.strategy != "fedprox":
+            raise ConfigError(
+                f'adaptive.mu_dynamic: needs federation.strategy = "fedprox" '
+                f"({federation.strategy} trains with mu = 0)"
+            )
+        if federation.strategy == "fedprox":
             if federation.mu < self.mu_min:
-                raise ConfigError(f"adaptive.mu_min: {self.mu_min} exceeds federation.mu {federation.mu}")
+                raise ConfigError(
+                    f"federation.mu: {federation.mu} is below adaptive.mu_min {self.mu_min} "
+                    f'(mu must lie within [mu_min, mu_max]; for mu = 0 use federation.strategy = "fedavg")'
+                )
             if federation.mu > self.mu_max:
-                raise ConfigError(f"adaptive.mu_max: {self.mu_max} is below federation.mu {federation.mu}")
-        if self.lr_adjust or self.lr_boost:
-            if train.lr < self.lr_min:
-                raise ConfigError(f"adaptive.lr_min: {self.lr_min} exceeds train.lr {train.lr}")
-            if train.lr > self.lr_max:
-                raise ConfigError(f"adaptive.lr_max: {self.lr_max} is below train.lr {train.lr}")
+                raise ConfigError(
+                    f"federation.mu: {federation.mu} exceeds adaptive.mu_max {self.mu_max} "
+                    "(mu must lie within [mu_min, mu_max])"
+                )
+        if train.lr < self.lr_min:
+            raise ConfigError(
+                f"train.lr: {train.lr} is below adaptive.lr_min {self.lr_min} "
+                "(lr must lie within [lr_min, lr_max])"
+            )
+        if train.lr > self.lr_max:
+            raise ConfigError(
+                f"train.lr: {train.lr} exceeds adaptive.lr_max {self.lr_max} "
+                "(lr must lie within [lr_min, lr_max])"
+            )
 
 
 @dataclass

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from zk0.errors import Zk0Error
+from zk0.errors import Zk0Error, disk_full
 from zk0.interrupts import Interrupted, install_handlers
 
 
@@ -20,6 +20,12 @@ def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse
         return func(args) or 0
     except Zk0Error as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        full = disk_full(e)  # an operator's problem too: one line, and the run resumes once space is freed
+        if full is None:
+            raise
+        print(f"{prog}: error: {full}", file=sys.stderr)
         return 2
     except (Interrupted, KeyboardInterrupt):
         print(f"{prog}: interrupted", file=sys.stderr, flush=True)

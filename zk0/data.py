@@ -78,10 +78,28 @@ def resolve_spec(spec: str, demo_root: Path) -> DatasetRef:
             raise Zk0Error(
                 f"dataset spec '{spec}': the directory has no meta/info.json, not a LeRobot dataset"
             )
-        return DatasetRef(spec, f"local/{path.resolve().name}", path, False, False)
+        return DatasetRef(spec, f"{hub.LOCAL_OWNER}/{path.resolve().name}", path, False, False)
+    if spec.strip() and path.exists():
+        raise Zk0Error(f"dataset spec '{spec}': {path} is a file, not a LeRobot dataset directory")
+    if looks_like_path(spec):
+        raise Zk0Error(f"dataset spec '{spec}': no such directory, {path} does not exist; use {_ACCEPTED}")
     if hub.looks_like_hub_id(spec):
         return DatasetRef(spec, spec, None, False, True)
-    raise Zk0Error(f"dataset spec '{spec}' is not understood: use {_ACCEPTED}")
+    what = f"no directory '{spec}' exists here and it is no hub id" if spec.strip() else "it is empty"
+    raise Zk0Error(f"dataset spec '{spec}' is not understood ({what}): use {_ACCEPTED}")
+
+
+def looks_like_path(spec: str) -> bool:
+    """Whether a spec that names nothing here was meant as a local path, so "does not exist" is the news, not
+    the hub: it starts like a path (/ ./ ../ ~), has more than one slash, or its parent directory exists
+    (a mistyped last component). A plain owner/name whose owner is no local directory stays a hub id."""
+    text = spec.strip()
+    if text.startswith(("/", "./", "../", "~", ".\\", "..\\")) or text in (".", ".."):
+        return True
+    if text.count("/") > 1 or "\\" in text:
+        return True
+    parent = Path(text).expanduser().parent
+    return "/" in text and str(parent) not in ("", ".") and parent.is_dir()
 
 
 def load_metadata(ref: DatasetRef) -> LeRobotDatasetMetadata:

@@ -21,10 +21,19 @@ from zk0.errors import Zk0Error
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 PROBE_TIMEOUT_S = 10.0
+# The owners of the repo ids zk0 gives datasets that are not on the hub: a local directory is local/<name>,
+# a generated demo dataset zk0-demo/<name> (zk0.demo.REPO_PREFIX).
+LOCAL_OWNER = "local"
+DEMO_OWNER = "zk0-demo"
 
 
 def looks_like_hub_id(text: str) -> bool:
     return bool(HUB_ID.match(text)) and not Path(text).exists()
+
+
+def is_hub_dataset_id(repo_id: str) -> bool:
+    """Whether a dataset description's repo_id names a hub dataset (publishable), not a local or demo one."""
+    return bool(HUB_ID.match(repo_id)) and repo_id.split("/", 1)[0] not in (LOCAL_OWNER, DEMO_OWNER)
 
 
 def fetch(repo_id: str, *, what: str, repo_type: str = "model") -> Path:
@@ -108,8 +117,9 @@ def check_can_push(repo_id: str) -> None:
         )
 
 
-def push_folder(folder: Path, repo_id: str) -> str:
-    """Create `repo_id` (a model repository, kept if it exists), upload `folder` into it, return its URL."""
+def push_folder(folder: Path, repo_id: str, *, private: bool = True) -> str:
+    """Create `repo_id` (a model repository, kept as it is if it exists: private unless `private` is False,
+    since a run's card describes its participants), upload `folder` into it, return its URL."""
     folder = Path(folder)
     if not folder.is_dir():
         raise Zk0Error(f"--push-to-hub '{repo_id}': nothing to upload, {folder} is not a directory")
@@ -117,7 +127,7 @@ def push_folder(folder: Path, repo_id: str) -> str:
         raise _unreachable(repo_id, "HF_HUB_OFFLINE is set; unset it")
     api = HfApi()
     try:
-        url = api.create_repo(repo_id, repo_type="model", exist_ok=True)
+        url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         api.upload_folder(
             folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message="zk0: federated run"
         )

@@ -1,5 +1,6 @@
-"""A federated run's reports, computed from its metrics.jsonl records only (no gRPC, no torch): the charts
-(evaluation loss per dataset and per participant; mu and lr per round) and the model card of final/.
+"""A run's reports (federated, or the centralized baseline), computed from its metrics.jsonl records only
+(no gRPC, no torch): the charts (evaluation loss per dataset and per participant; mu and lr per round) and
+the model card of final/. In zk0/ because both the coordinator and `zk0 centralized` write them.
 
 A round may appear more than once in metrics.jsonl (redone after a failed attempt, or resumed): the last
 entry with a "version" for a round wins, as in coordinator.adaptive.records_from_metrics.
@@ -17,7 +18,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from zk0.hub import HUB_ID, looks_like_hub_id
+from zk0.hub import DEMO_OWNER, is_hub_dataset_id, looks_like_hub_id
 
 EVAL_CHART = "eval_loss.png"
 HYPERPARAMETERS_CHART = "hyperparameters.png"
@@ -188,8 +189,9 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def write_charts(entries: Sequence[Entry], out_dir: Path) -> list[Path]:
-    """Write eval_loss.png and hyperparameters.png into `out_dir`; returns their paths."""
+def write_charts(entries: Sequence[Entry], out_dir: Path, *, run: str = "federated run") -> list[Path]:
+    """Write eval_loss.png and hyperparameters.png into `out_dir`; returns their paths. `run` names the kind
+    of run in the titles."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = list(entries)
@@ -203,7 +205,7 @@ def write_charts(entries: Sequence[Entry], out_dir: Path) -> list[Path]:
     _eval_panel(axes[0], kept, redone, "loss", "loss")
     if has_mae:
         _eval_panel(axes[1], kept, redone, "action_mae", "action MAE")
-    fig.suptitle("zk0 federated run: evaluation")
+    fig.suptitle(f"zk0 {run}: evaluation")
     paths = [_save(fig, out_dir / EVAL_CHART)]
 
     fig = Figure(figsize=(10, 8), dpi=100, layout="constrained")
@@ -230,15 +232,16 @@ def write_charts(entries: Sequence[Entry], out_dir: Path) -> list[Path]:
             _plot(lr_ax, points, marker="^", linestyle="--", label=f"boosted lr of {name}")
         for r, entry in kept.items():
             adaptive = entry.get("adaptive") or {}
-            if adaptive.get("rollback") or adaptive.get("hold"):
-                what = "rollback to the best model after" if adaptive.get("rollback") else "spike guard hold"
+            if adaptive.get("adaptive_rollback") or adaptive.get("adaptive_hold"):  # Decision.to_metrics
+                rollback = adaptive.get("adaptive_rollback")
+                what = "rollback to the best model after" if rollback else "spike guard hold"
                 lr_ax.axvline(r, color="red", linestyle=":", linewidth=1, label=what)
         _style_axes(lr_ax, xlabel=xlabel, ylabel="learning rate", title="Learning rate per round", values=[])
         if all(v > 0 for _, v in lr) and all(v > 0 for p in boosted.values() for _, v in p):
             lr_ax.set_yscale("log")
     else:
         _empty(lr_ax, "Learning rate per round", "no training round recorded")
-    fig.suptitle("zk0 federated run: hyperparameters")
+    fig.suptitle(f"zk0 {run}: hyperparameters")
     paths.append(_save(fig, out_dir / HYPERPARAMETERS_CHART))
     return paths
 
@@ -275,6 +278,22 @@ def _features(features: Any) -> str:
     return "" if features is None else str(features)
 
 
+PRIVATE_DATASET = "local dataset"
+
+
+def _published_dataset(repo_id: Any) -> str:
+    """What the card may say about a participant's dataset: a hub id, "demo", or only that it is local (a
+    local directory's name or path is the participant's business, not the public card's)."""
+    if repo_id is None:
+        return "–"
+    repo_id = str(repo_id)
+    if is_hub_dataset_id(repo_id):
+        return repo_id
+    if repo_id.startswith(("demo:", f"{DEMO_OWNER}/")):
+        return repo_id
+    return PRIVATE_DATASET
+
+
 def _eval_at(entry: Entry) -> Mapping:
     evaluation = entry.get("eval")
     return evaluation if isinstance(evaluation, Mapping) else {}
@@ -301,8 +320,10 @@ def model_card(
     base_model: str,
     final_version: str,
     best: Mapping[str, Any] | None,
+    centralized: bool = False,
 ) -> str:
-    """The README.md of final/: hub front matter, what the model is, data, metrics, config, how to load it."""
+    """The README.md of final/: hub front matter, what the model is, data, metrics, config, how to load it.
+    `centralized`: the baseline trained in one place on the union of `participants`' datasets."""
     entries = list(entries)
     kept = latest_rounds(entries)
     try:
@@ -331,9 +352,13 @@ def model_card(
     dataset_ids = sorted(
         {str(d.get("repo_id")) for d in (*participants.values(), *eval_datasets.values()) if d.get("repo_id")}
     )
-    dataset_ids = [d for d in dataset_ids if HUB_ID.match(d)]
+    dataset_ids = [d for d in dataset_ids if is_hub_dataset_id(d)]
 
-    if strategy == "fedprox":
+    if centralized:
+        how = "none, centralized: one model trained in one place on the union of the datasets"
+        mu_text = "mu = 0"
+        strategy = "centralized"
+    elif strategy == "fedprox":
         how = "FedProx: each participant adds the proximal term mu/2 * ||w - w_global||^2 to its local loss"
         mu_text = f"mu = {_fmt(configured_mu)}"
         if mus and (min(mus) != max(mus) or (configured_mu is not None and mus[0] != configured_mu)):
@@ -345,14 +370,26 @@ def model_card(
     configured_rounds = federation.get("rounds")
 
     out = [_front_matter(base_model, dataset_ids), ""]
-    out.append("# SmolVLA fine-tuned federatedly with zk0")
-    out.append("")
     out.append(
-        f"A [SmolVLA](https://huggingface.co/docs/lerobot/smolvla) robot policy fine-tuned by federated "
-        f"learning with zk0: {len(names)} participant(s) trained it on their own datasets, which never left "
-        f"their machines, and a coordinator averaged their updates (weighted by sample count) over "
-        f"{completed} round(s). Strategy: {how}; {mu_text}."
+        "# SmolVLA fine-tuned with zk0: centralized baseline"
+        if centralized
+        else "# SmolVLA fine-tuned federatedly with zk0"
     )
+    out.append("")
+    if centralized:
+        out.append(
+            "A [SmolVLA](https://huggingface.co/docs/lerobot/smolvla) robot policy fine-tuned with zk0 as "
+            f"the centralized baseline of a federated run: one trainer on the union of {len(names)} "
+            "dataset(s), with the federated run's budget (the same samples over the same optimizer steps), "
+            f"over {completed} round(s), evaluated exactly like the federated run's global model."
+        )
+    else:
+        out.append(
+            "A [SmolVLA](https://huggingface.co/docs/lerobot/smolvla) robot policy fine-tuned by federated "
+            f"learning with zk0: {len(names)} participant(s) trained it on their own datasets, which never "
+            "left their machines, and a coordinator averaged their updates (weighted by sample count) over "
+            f"{completed} round(s). Strategy: {how}; {mu_text}."
+        )
     out.append("")
     summary = [
         (
@@ -361,7 +398,7 @@ def model_card(
         ),
         ("Strategy", f"{strategy}, {mu_text}"),
         ("Rounds", f"{completed}" + (f" of {configured_rounds} configured" if configured_rounds else "")),
-        ("Participants", ", ".join(names) if names else "–"),
+        ("Datasets" if centralized else "Participants", ", ".join(names) if names else "–"),
         ("Local steps per round", _fmt(train.get("local_steps"))),
         (
             "Learning rate",
@@ -430,7 +467,11 @@ def model_card(
 
     out.append("## Data")
     out.append("")
-    out.append("Training data (each participant's own dataset, used on its machine only):")
+    out.append(
+        "Training data (the union of these datasets, in one place):"
+        if centralized
+        else "Training data (each participant's own dataset, used on its machine only):"
+    )
     out.append("")
     rows = []
     for name in names:
@@ -438,7 +479,7 @@ def model_card(
         rows.append(
             (
                 name,
-                d.get("repo_id", "–"),
+                _published_dataset(d.get("repo_id")),
                 d.get("episodes"),
                 d.get("frames"),
                 d.get("fps"),
@@ -452,6 +493,15 @@ def model_card(
         )
     )
     out.append("")
+    private = sum(
+        _published_dataset(participants.get(n, {}).get("repo_id")) == PRIVATE_DATASET for n in names
+    )
+    if private:
+        out.append(
+            f"{private} of {len(names)} participant(s) trained on local datasets that are not on the hub; "
+            "their names and paths are not published."
+        )
+        out.append("")
     out.append("Evaluation data (held out, evaluated by the coordinator):")
     out.append("")
     rows = [

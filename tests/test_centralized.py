@@ -1,0 +1,56 @@
+"""The centralized baseline is scored like a federated run (its round-0 number is the coordinator's), on the
+device it is told, and leaves the same reports: final/ with a model card, best/, and the charts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from coordinator.server import CoordinatorServer, ServerOptions
+from participant.centralized import run_centralized
+from zk0.config import load_config
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.mark.slow
+def test_centralized_round_zero_equals_the_coordinators_and_it_writes_the_federated_reports(
+    demo_root, tmp_path
+):
+    config = load_config(
+        ROOT / "configs" / "demo.toml",
+        [
+            f'demo.root="{demo_root}"',
+            "demo.episodes=3",
+            "demo.frames_per_episode=30",
+            # a device this machine lacks: only the `device` argument can make the run work
+            'train.device="mps"',
+            "train.local_steps=2",
+            "train.batch_size=4",
+            "eval.batches=1",
+            "federation.rounds=1",
+        ],
+    )
+    # The coordinator evaluates the initial global model as it prepares the run (round 0 of metrics.jsonl).
+    server = CoordinatorServer(config, tmp_path / "federated", ServerOptions(insecure=True, device="cpu"))
+    federated = server.store.run.read_metrics()[0]
+    server.store.run.close()
+
+    run = tmp_path / "centralized"
+    history = run_centralized(config, run, progress=False, device="cpu")
+
+    assert federated["round"] == history[0]["round"] == 0
+    assert history[0]["eval"]["composite"] == federated["eval"]["composite"]
+    assert history[0]["eval"]["datasets"] == federated["eval"]["datasets"]
+    assert history[0]["version"] == federated["version"]  # the same initial model, byte for byte
+
+    assert [json.loads(line)["round"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    card = (run / "final" / "README.md").read_text()
+    assert "# SmolVLA fine-tuned with zk0: centralized baseline" in card
+    assert "| Strategy | centralized, mu = 0 |" in card
+    best = history[-1]["best"]
+    assert f"| Best model | round {best['round']}, version `{best['version']}` |" in card
+    assert (run / "best" / "model.safetensors").is_file() and (run / "final" / "model.safetensors").is_file()
+    assert (run / "eval_loss.png").stat().st_size > 0 and (run / "hyperparameters.png").stat().st_size > 0
