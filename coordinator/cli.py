@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
@@ -71,8 +70,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = CoordinatorServer(config, args.run_dir, options)
     port = server.start()
     print(f"zk0-coordinator: serving on {args.host}:{port}", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: server.stop_event.set())
-    server.wait()
+    try:
+        server.wait()
+    except BaseException:  # SIGINT/SIGTERM (zk0.interrupts) or an error: stop serving, keep the saved rounds
+        server.stop()
+        raise
     return 0
 
 

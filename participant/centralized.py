@@ -121,26 +121,34 @@ def run_centralized(
         return entry
 
     history = []
-    entry = evaluated({"round": 0, "steps": 0})
-    run.record(entry, step=0)
-    history.append(entry)
-    for round_idx in range(1, config.federation.rounds + 1):
-        plan = RoundPlan(lr=config.train.lr, mu=0.0, steps=steps_per_round)
-        result = trainer.train_round(plan, seed=config.seed + round_idx)
-        log.info("round %d: train loss %.4f (%.1fs)", round_idx, result.policy_loss, result.seconds)
-        hyperparameters = {"lr": config.train.lr, "mu": 0.0, "local_steps": steps_per_round}
-        entry = {
-            "round": round_idx,
-            "steps": round_idx * steps_per_round,
-            "hyperparameters": hyperparameters,
-            "train": result.as_dict(),
-        }
-        entry = evaluated(entry)
-        run.record(entry, step=round_idx)
+    try:  # an interrupt leaves metrics.jsonl whole up to the last completed round, its writers closed
+        entry = evaluated({"round": 0, "steps": 0})
+        run.record(entry, step=0)
         history.append(entry)
-    _finish(config, run, (eval_bundle, eval_sets), sources, bundle, history, best, best_state)
-    run.mark_finished()
-    run.close()
+        for round_idx in range(1, config.federation.rounds + 1):
+            plan = RoundPlan(lr=config.train.lr, mu=0.0, steps=steps_per_round)
+            result = trainer.train_round(plan, seed=config.seed + round_idx)
+            log.info(
+                "round %d: %d steps, train loss %.4f, %.1fs",
+                round_idx,
+                result.steps,
+                result.policy_loss,
+                result.seconds,
+            )
+            hyperparameters = {"lr": config.train.lr, "mu": 0.0, "local_steps": steps_per_round}
+            entry = {
+                "round": round_idx,
+                "steps": round_idx * steps_per_round,
+                "hyperparameters": hyperparameters,
+                "train": result.as_dict(),
+            }
+            entry = evaluated(entry)
+            run.record(entry, step=round_idx)
+            history.append(entry)
+        _finish(config, run, (eval_bundle, eval_sets), sources, bundle, history, best, best_state)
+        run.mark_finished()
+    finally:
+        run.close()
     log.info("wrote %s, %s and %s", run.final_dir, run.path / BEST_DIR, run.metrics_path)
     return history
 

@@ -35,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true", help="no TLS; only to a loopback coordinator")
     p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default)")
     p.add_argument(
-        "--give-up-after", type=float, default=600.0, metavar="S", help="stop after S s unreachable"
+        "--give-up-after",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="stop after S seconds of a refused or unreachable coordinator (default: %(default)g); a bad "
+        "address, certificate or TLS/plaintext mismatch stops at once",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     p.set_defaults(func=cmd_participate)

@@ -21,6 +21,7 @@ import grpc
 import torch
 from lerobot.datasets.factory import resolve_delta_timestamps
 
+from participant.connection import diagnose, parse_address
 from participant.datamodule import LeRobotDataModule
 from participant.lightning_module import RoundPlan, SmolVLAModule
 from participant.local_training import LocalTrainer
@@ -36,6 +37,7 @@ from zk0.codec import (
 from zk0.config import Config, load_config_text
 from zk0.errors import Zk0Error
 from zk0.evaluation import evaluate
+from zk0.interrupts import STOP, Interrupted, check
 from zk0.normalization import stats_from_json, with_shared
 from zk0.policy import build_policy, frozen_fingerprint, load_trainable_state, resolve_device, trainable_state
 from zk0.rename import rename_batches
@@ -50,6 +52,14 @@ RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grp
 # A transfer refused because the coordinator is at federation.max_transfers: retried like a busy join.
 BUSY = (grpc.StatusCode.RESOURCE_EXHAUSTED,)
 DOWNLOAD_ATTEMPTS = 5
+# gRPC backs off reconnecting up to 120 s by default, failing calls fast meanwhile: a restarted coordinator
+# would go unnoticed for minutes (past its join timeout). Our own retry loop paces the attempts.
+RECONNECT_OPTIONS = [
+    *GRPC_OPTIONS,
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+]
 LEAVE_TIMEOUT_S = 3.0  # a stopping participant says so, but never waits long on a coordinator that is gone
 
 
@@ -77,7 +87,13 @@ class ParticipantRuntime:
     """Policy, trainer and datasets, built once from the run's config and this participant's dataset."""
 
     def __init__(
-        self, config: Config, source: Source, device: str, progress: bool, shared_stats: dict | None
+        self,
+        config: Config,
+        source: Source,
+        device: str,
+        progress: bool,
+        shared_stats: dict | None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.config = config
         self.source = source
@@ -96,7 +112,7 @@ class ParticipantRuntime:
             train, batch_size=config.train.batch_size, num_workers=config.data.num_workers
         )
         self.trainer = LocalTrainer(
-            module, datamodule, device=device, precision=config.train.precision, progress=progress
+            module, datamodule, device=device, precision=config.train.precision, progress=progress, stop=stop
         )
         self.fingerprint = frozen_fingerprint(self.bundle.policy)
 
@@ -139,9 +155,20 @@ def describe(source: Source | None, spec: str) -> pb.DatasetDescription:
 
 
 class ParticipantClient:
-    def __init__(self, options: ClientOptions, *, train_lock: threading.Lock | None = None) -> None:
+    """`stop` (default: this process's SIGINT/SIGTERM flag) ends the participant promptly from any thread:
+    between RPCs, in backoff waits and at the next training batch, by raising `Interrupted`."""
+
+    def __init__(
+        self,
+        options: ClientOptions,
+        *,
+        train_lock: threading.Lock | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.options = options
         self.train_lock = train_lock
+        self.interrupt = stop if stop is not None else STOP
+        self.connected = False  # reached the coordinator at least once
         self.metadata = token_metadata(options.token)
         self.channel = self._channel()
         self.stub = pb_grpc.FederationStub(self.channel)
@@ -156,37 +183,54 @@ class ParticipantClient:
 
     def _channel(self) -> grpc.Channel:
         o = self.options
-        host = o.coordinator.rsplit(":", 1)[0]
+        host, _port = parse_address(o.coordinator)
         if o.insecure:
             if o.tls_ca or o.tls_cert or o.tls_key:
                 raise Zk0Error("--insecure contradicts --tls-ca/--tls-cert/--tls-key (TLS would be ignored)")
             if not is_loopback(host):
                 raise Zk0Error(f"--insecure only reaches a loopback coordinator, not {host}; use TLS")
-            return grpc.insecure_channel(o.coordinator, options=GRPC_OPTIONS)
+            return grpc.insecure_channel(o.coordinator, options=RECONNECT_OPTIONS)
         creds = channel_credentials(o.tls_ca, o.tls_cert, o.tls_key)
-        return grpc.secure_channel(o.coordinator, creds, options=GRPC_OPTIONS)
+        return grpc.secure_channel(o.coordinator, creds, options=RECONNECT_OPTIONS)
 
     # ------------------------------------------------------------------ plumbing
 
     def _call(self, fn: Callable[[], Any], what: str, retry: tuple[grpc.StatusCode, ...] = ()) -> Any:
         """Run one RPC, retrying with backoff while the coordinator is unreachable (or answers one of
-        `retry`, e.g. a join refused as RESOURCE_EXHAUSTED while joins are rate-limited)."""
-        delay, started = 0.5, time.monotonic()
+        `retry`, e.g. a join refused as RESOURCE_EXHAUSTED while joins are rate-limited). A connection
+        failure that waiting cannot fix (participant/connection.py) stops at once, saying what failed."""
+        delay, started, attempt = 0.5, time.monotonic(), 0
+        address = self.options.coordinator
         while True:
+            check(self.interrupt)
             try:
-                return fn()
+                reply = fn()
+                self.connected = True
+                return reply
             except grpc.RpcError as e:
                 code = e.code()
+                check(self.interrupt)  # a stopping process's calls fail: that is not the coordinator's fault
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    failure = diagnose(e, insecure=self.options.insecure, ever_connected=self.connected)
+                    if not failure.retry:
+                        raise Zk0Error(f"cannot reach coordinator {address}: {failure.cause}") from e
+                    why = f"coordinator {address} unreachable ({failure.cause})"
+                elif code in RETRYABLE:
+                    why = f"coordinator {address} unreachable ({code.name})"
+                else:
+                    why = f"coordinator {address} busy ({code.name}: {e.details()})"
                 if (code in RETRYABLE or code in retry) and not self.stopped.is_set():
                     waited = time.monotonic() - started
-                    why = "coordinator unreachable" if code in RETRYABLE else "coordinator busy"
-                    why += f" ({code.name}: {e.details()})" if e.details() else f" ({code.name})"
                     if waited > self.options.give_up_s:
-                        raise Zk0Error(
-                            f"coordinator {self.options.coordinator}: {why} for {waited:.0f}s ({what})"
-                        ) from e
-                    log.warning("%s: %s; retrying in %.1fs", what, why, delay)
-                    time.sleep(delay)
+                        raise Zk0Error(f"{why} for {waited:.0f}s ({what})") from e
+                    attempt += 1
+                    limit = (
+                        f", giving up after {self.options.give_up_s:g}s (--give-up-after)"
+                        if attempt == 1
+                        else ""
+                    )
+                    log.warning("%s: %s; retrying in %.1fs%s", what, why, delay, limit)
+                    self.interrupt.wait(delay)
                     delay = min(delay * 2, 10.0)
                     continue
                 if code == grpc.StatusCode.FAILED_PRECONDITION:
@@ -197,7 +241,7 @@ class ParticipantClient:
 
     def _heartbeats(self) -> None:
         while not self.stopped.wait(self.lease_s / 3):
-            if not self.joined.is_set():
+            if not self.joined.is_set() or self.interrupt.is_set():
                 continue
             try:
                 reply = self.stub.Heartbeat(
@@ -237,7 +281,8 @@ class ParticipantClient:
             shared = stats_from_json(reply.normalization_json) if reply.normalization_json else None
             log.info("%s: building the policy and datasets for %s on %s", o.name, o.dataset, device)
             with self.train_lock or nullcontext():  # one device, and one global RNG seeding the backbone
-                self.runtime = ParticipantRuntime(config, source, device, o.progress, shared)
+                check(self.interrupt)
+                self.runtime = ParticipantRuntime(config, source, device, o.progress, shared, self.interrupt)
             if self.runtime.fingerprint != reply.frozen_sha256:
                 raise Zk0Error(
                     "this participant's frozen backbone differs from the coordinator's (fingerprint "
@@ -286,7 +331,7 @@ class ParticipantClient:
                     )
                     return self.rounds_done
                 if kind == "wait":
-                    time.sleep(reply.wait.seconds)
+                    self.interrupt.wait(reply.wait.seconds)
                     continue
                 try:
                     self.train_round(reply.train)
@@ -295,15 +340,23 @@ class ParticipantClient:
         except BaseException as e:
             why = (
                 "interrupted"
-                if isinstance(e, KeyboardInterrupt)
+                if isinstance(e, (KeyboardInterrupt, Interrupted))
                 else f"stopped by an error ({type(e).__name__})"
             )
             raise
         finally:
-            self.stopped.set()
-            if not finished:
-                self.leave(why)
-            self.channel.close()
+            self.shutdown(beat, None if finished else why)
+
+    def shutdown(self, beat: threading.Thread, leave_reason: str | None) -> None:
+        """In order: the heartbeat thread (joined, so no thread is inside a gRPC call at exit), our leave
+        (when we stop before the run's end), then the channel (which cancels a heartbeat still waiting on an
+        unresponsive coordinator)."""
+        self.stopped.set()
+        beat.join(timeout=15)
+        if leave_reason is not None:
+            self.leave(leave_reason)
+        self.channel.close()
+        beat.join()
 
     def leave(self, reason: str) -> None:
         """Tell the coordinator we stop, so it drops us from its round at once instead of waiting for our
@@ -356,10 +409,11 @@ class ParticipantClient:
                     raise NotRegistered(e.details()) from e
                 if e.code() not in RETRYABLE + BUSY:
                     raise Zk0Error(f"download failed: {e.code().name}: {e.details()}") from e
+                check(self.interrupt)
                 log.warning(
                     "download interrupted at byte %d (%s); resuming", assembler.received, e.code().name
                 )
-                time.sleep(delay)
+                self.interrupt.wait(delay)
                 delay = min(delay * 2, 10.0)
 
     def train_round(self, task: pb.TrainTask) -> None:
@@ -371,6 +425,7 @@ class ParticipantClient:
             raise Zk0Error(f"model {task.model_version[:12]} does not match its manifest")
         hp = task.hyperparameters
         with self.train_lock or nullcontext():
+            check(self.interrupt)  # simulate's participants queue for the device: stop, do not train
             load_trainable_state(runtime.bundle.policy, state)
             local_eval = runtime.evaluate()
             if local_eval is not None:
@@ -414,7 +469,14 @@ class ParticipantClient:
         )
         if reply.accepted:
             self.rounds_done += 1
-            log.info("%s: round %d update accepted (loss %.4f)", name, task.round, result.policy_loss)
+            log.info(
+                "%s: round %d update accepted: %d steps, loss %.4f, %.1fs",
+                name,
+                task.round,
+                result.steps,
+                result.policy_loss,
+                result.seconds,
+            )
         else:
             log.warning("%s: round %d update refused: %s", name, task.round, reply.reason)
 

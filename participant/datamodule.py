@@ -90,6 +90,9 @@ class LeRobotDataModule(L.LightningDataModule):
         self.seed = seed
 
     def train_dataloader(self) -> DataLoader:
+        """Workers are spawned, never forked: the process holds gRPC and heartbeat threads that a fork would
+        copy mid-call, and PyAV is not fork-safe (lerobot spawns too). They are not persistent: Lightning
+        shuts a loader's workers down at the end of every fit, and each round is a fit of its own."""
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             self.dataset,
@@ -98,6 +101,7 @@ class LeRobotDataModule(L.LightningDataModule):
             drop_last=len(self.dataset) >= self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=False,
+            multiprocessing_context="spawn" if self.num_workers > 0 else None,
             collate_fn=collate_skipping,
             generator=generator,
         )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import statistics
+import sys
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -10,9 +12,11 @@ from dataclasses import asdict, dataclass
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 from participant.datamodule import LeRobotDataModule
 from participant.lightning_module import RoundPlan, SmolVLAModule
+from zk0.interrupts import check
 
 
 @dataclass
@@ -48,6 +52,40 @@ def trainer_device_args(device: str) -> dict:
 # SmolVLA keeps its frozen VLM in eval mode on purpose (lerobot's SmolVLMWithExpertModel.train does so).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="lightning")
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+# Lightning ends a loader's workers after every fit (each round is one), so persistent ones would not persist.
+warnings.filterwarnings("ignore", message=r"Consider setting `persistent_workers=True`")
+
+
+class StopOnEvent(L.Callback):
+    """Ends a fit at the next batch once `stop` is set: how a training thread notices an interrupt (the
+    signal itself only reaches the main thread). It raises `Interrupted`, which Lightning re-raises."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+
+    def on_train_batch_start(self, *_args) -> None:
+        check(self.stop)
+
+
+class StderrProgressBar(TQDMProgressBar):
+    """Lightning's bar writes to stdout, which holds the results; ours goes to stderr with the logs."""
+
+    def init_train_tqdm(self) -> Tqdm:
+        return Tqdm(
+            desc=self.train_description,
+            position=(2 * self.process_position),
+            disable=self.is_disabled,
+            leave=True,
+            dynamic_ncols=True,
+            file=sys.stderr,
+            smoothing=0,
+            bar_format=self.BAR_FORMAT,
+        )
+
+
+def show_progress(requested: bool) -> bool:
+    """Bars only for a person watching: asked for and stderr a terminal; otherwise one log line per round."""
+    return requested and sys.stderr.isatty()
 
 
 class LocalTrainer:
@@ -61,12 +99,14 @@ class LocalTrainer:
         device: str,
         precision: str,
         progress: bool = True,
+        stop: threading.Event | None = None,
     ) -> None:
         self.module = module
         self.datamodule = datamodule
         self.device = device
         self.precision = resolve_precision(precision, device)
-        self.progress = progress
+        self.progress = show_progress(progress)
+        self.stop = stop or threading.Event()
 
     def make_trainer(self, steps: int) -> L.Trainer:
         return L.Trainer(
@@ -77,7 +117,7 @@ class LocalTrainer:
             enable_checkpointing=False,
             enable_model_summary=False,
             enable_progress_bar=self.progress,
-            callbacks=[TQDMProgressBar()] if self.progress else [],
+            callbacks=[StopOnEvent(self.stop), *([StderrProgressBar()] if self.progress else [])],
             num_sanity_val_steps=0,
             limit_val_batches=0,
             **trainer_device_args(self.device),

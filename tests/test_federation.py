@@ -98,7 +98,7 @@ def start_participant_process(port: int, spec: str, demo_root: Path, log_path: P
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [str(BIN / "zk0-participant"), "--coordinator", f"127.0.0.1:{port}", "--dataset", spec]
-        + ["--insecure", "--device", "cpu", "--no-progress", "--give-up-after", "60"],
+        + ["--insecure", "--device", "cpu", "--no-progress", "--give-up-after", "300"],
         env=env,
         stdout=log_path.open("w"),
         stderr=subprocess.STDOUT,
@@ -181,8 +181,9 @@ def test_killed_coordinator_resumes_from_the_saved_model_and_finishes(demo_root,
 
     first_log = tmp_path / "first.log"
     first = subprocess.Popen(command, env=env, stdout=first_log.open("w"), stderr=subprocess.STDOUT)
-    lock, errors = threading.Lock(), []
-    threads = [client_thread(port, spec, lock, errors) for spec in ("demo:p0", "demo:p1")]
+    # Participants as processes: each must also exit cleanly (it once died of SIGABRT at exit after this).
+    logs = {spec: tmp_path / f"{spec.removeprefix('demo:')}.log" for spec in ("demo:p0", "demo:p1")}
+    participants = {spec: start_participant_process(port, spec, demo_root, log) for spec, log in logs.items()}
     state_file = run / "state.json"
     try:
         wait_for(
@@ -200,12 +201,14 @@ def test_killed_coordinator_resumes_from_the_saved_model_and_finishes(demo_root,
         second = subprocess.run(
             command, env=env, stdout=second_log.open("w"), stderr=subprocess.STDOUT, timeout=400
         )
+        exits = {spec: process.wait(timeout=120) for spec, process in participants.items()}
     finally:
         first.kill()
-    for thread in threads:
-        thread.join(timeout=60)
+        for process in participants.values():
+            process.kill()
     assert second.returncode == 0, second_log.read_text()[-3000:]
-    assert not errors
+    for spec, code in exits.items():
+        assert code == 0, f"{spec} exited {code}:\n{logs[spec].read_text()[-3000:]}"
     log = second_log.read_text()
     assert f"after round {saved['completed_round']} (global model {saved['version'][:12]})" in log
     entries = metrics(run)

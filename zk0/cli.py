@@ -101,12 +101,17 @@ def simulate(
     public: bool = False,
 ) -> list[dict]:
     """The coordinator's gRPC server on 127.0.0.1 (ephemeral port) and one participant client per configured
-    dataset, each in a thread of this process, training one after another on the one device."""
+    dataset, each in a thread of this process, training one after another on the one device.
+
+    An interrupt (or any error) in the waiting main thread stops the server and sets `stop`, which every
+    participant thread checks each batch and between RPCs; the threads are joined before it propagates, so
+    no thread is left inside torch or gRPC at exit. The run directory keeps the last completed round."""
     import logging
     import threading
 
     from coordinator.server import CoordinatorServer, ServerOptions
     from participant.client import ClientOptions, ParticipantClient, participant_name
+    from zk0.interrupts import Interrupted
 
     options = ServerOptions(
         host="127.0.0.1", insecure=True, device=device, push_to_hub=push_to_hub, public=public
@@ -114,6 +119,7 @@ def simulate(
     server = CoordinatorServer(config, run_dir, options)
     port = server.start()
     train_lock = threading.Lock()
+    stop = threading.Event()
     errors: list[BaseException] = []
 
     def take_part(spec: str) -> None:
@@ -127,7 +133,9 @@ def simulate(
             give_up_s=30.0,
         )
         try:
-            ParticipantClient(options, train_lock=train_lock).run()
+            ParticipantClient(options, train_lock=train_lock, stop=stop).run()
+        except Interrupted:
+            return  # the main thread is stopping the run and reports it
         except Exception as e:  # noqa: BLE001 - reported; the run stops once no participant is left
             logging.getLogger("zk0.simulate").error("participant %s failed: %s", spec, e)
             errors.append(e)
@@ -142,7 +150,12 @@ def simulate(
         thread.start()
     try:
         server.wait()
+    except BaseException:
+        stop.set()
+        server.stop()
+        raise
     finally:
+        stop.set()  # the run is over: a participant still waiting for a task need not wait out its lease
         for thread in threads:
             thread.join(timeout=60)
     if errors and len(errors) == len(threads):
@@ -275,6 +288,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     from zk0.demo import ensure_vlm_assets
     from zk0.sources import open_source
 
+    quiet_libraries()  # lerobot's per-video "Using video codec" lines
     overrides = [*args.overrides, f'demo.root="{args.out}"'] if args.out else args.overrides
     config = load_config(args.config, overrides)
     print(f"tiny VLM assets: {ensure_vlm_assets(Path(config.demo.root))}")

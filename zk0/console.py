@@ -10,10 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from zk0.errors import Zk0Error, disk_full
+from zk0.interrupts import Interrupted, install_handlers
 
 
 def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace, prog: str) -> int:
     setup_logging(getattr(args, "verbose", False))
+    install_handlers()
     try:
         return func(args) or 0
     except Zk0Error as e:
@@ -25,8 +27,8 @@ def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse
             raise
         print(f"{prog}: error: {full}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+    except (Interrupted, KeyboardInterrupt):
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
         return 130
 
 

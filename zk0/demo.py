@@ -17,6 +17,8 @@ import logging
 import os
 import re
 import shutil
+import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,7 +208,8 @@ def ensure_demo(
         )
     ]
     vlm_dir = ensure_vlm_assets(root)
-    for name, n in tqdm(pending, desc="generating demo datasets", unit="dataset", disable=not pending):
+    quiet = not pending or not sys.stderr.isatty()  # a progress bar only on a terminal
+    for name, n in tqdm(pending, desc="generating demo datasets", unit="dataset", disable=quiet):
         ensure_demo_dataset(
             root,
             name,
@@ -499,22 +502,35 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_quiet_lock = threading.Lock()
+_quiet_depth = 0  # encodings in progress (simulate's participant threads generate their datasets at once)
+_quiet_saved: tuple[str | None, bool] = (None, False)
+
+
 @contextlib.contextmanager
 def _quiet_encoding() -> Iterator[None]:
     """Silence what a user should not see while we encode: SVT-AV1's banner, libav's info lines after
-    lerobot restores libav's default log callback, and `datasets`' per-episode progress bars."""
-    previous_svt = os.environ.get("SVT_LOG")
-    os.environ["SVT_LOG"] = _SVT_QUIET
-    bars_were_on = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    av.logging.set_libav_level(av.logging.WARNING)
+    lerobot restores libav's default log callback, and `datasets`' per-episode progress bars. The settings
+    are process-wide, so only the last of concurrent encodings to finish restores them."""
+    global _quiet_depth, _quiet_saved
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _quiet_saved = (os.environ.get("SVT_LOG"), datasets.is_progress_bar_enabled())
+            os.environ["SVT_LOG"] = _SVT_QUIET
+            datasets.disable_progress_bars()
+            av.logging.set_libav_level(av.logging.WARNING)
+        _quiet_depth += 1
     try:
         yield
     finally:
-        av.logging.set_libav_level(av.logging.INFO)
-        if bars_were_on:
-            datasets.enable_progress_bars()
-        if previous_svt is None:
-            os.environ.pop("SVT_LOG", None)
-        else:
-            os.environ["SVT_LOG"] = previous_svt
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                previous_svt, bars_were_on = _quiet_saved
+                av.logging.set_libav_level(av.logging.INFO)
+                if bars_were_on:
+                    datasets.enable_progress_bars()
+                if previous_svt is None:
+                    os.environ.pop("SVT_LOG", None)
+                else:
+                    os.environ["SVT_LOG"] = previous_svt

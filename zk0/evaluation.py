@@ -37,7 +37,10 @@ def evaluate(
     policy = bundle.policy
     was_training = policy.training
     policy.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    spawn = "spawn" if num_workers > 0 else None  # never fork a process that holds gRPC threads
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, multiprocessing_context=spawn
+    )
     loss_sum, abs_sum, abs_count, samples, batches = 0.0, 0.0, 0, 0, 0
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     cfg = policy.config

@@ -20,6 +20,7 @@ from zk0 import hub
 from zk0.config import ModelConfig
 from zk0.demo import VLM_IMAGE_SIZE, VLM_TEXT_LAYERS, ensure_vlm_assets
 from zk0.errors import Zk0Error
+from zk0.quiet import library_prints_logged_once
 
 PREPROCESSOR_JSON = "policy_preprocessor.json"
 EXPORTED_VLM_DIR = "vlm"
@@ -96,7 +97,8 @@ def build_policy(
 ) -> PolicyBundle:
     """Policy + processors for one dataset layout; `stats` normalize it (each participant keeps its own)."""
     cfg = smolvla_config(model, device=device, demo_root=demo_root)
-    policy = make_policy(cfg, ds_meta=meta)
+    with library_prints_logged_once():
+        policy = make_policy(cfg, ds_meta=meta)
     preprocessor, postprocessor = make_pre_post_processors(cfg, dataset_stats=stats)
     return PolicyBundle(policy, preprocessor, postprocessor)
 
@@ -161,7 +163,8 @@ def load_exported(path: Path, *, device: str = "cpu") -> PolicyBundle:
     if (path / EXPORTED_VLM_DIR).is_dir():
         cfg.vlm_model_name = str(path / EXPORTED_VLM_DIR)
         overrides["tokenizer_processor"] = {"tokenizer_name": str(path / EXPORTED_VLM_DIR)}
-    policy = SmolVLAPolicy.from_pretrained(path, config=cfg, strict=True)
+    with library_prints_logged_once():
+        policy = SmolVLAPolicy.from_pretrained(path, config=cfg, strict=True)
     preprocessor, postprocessor = make_pre_post_processors(
         cfg, pretrained_path=str(path), preprocessor_overrides=overrides
     )
