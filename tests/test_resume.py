@@ -15,9 +15,10 @@ import pytest
 from test_federation import BIN, free_port, metrics, small_config, wait_for
 
 from coordinator.server import CoordinatorServer, ServerOptions
-from participant.client import ClientOptions, ParticipantClient
+from participant.client import ClientOptions, ParticipantClient, describe
 from zk0.codec import sha256_hex
 from zk0.config import config_to_toml
+from zk0.sources import open_source
 from zk0.transport import GRPC_OPTIONS
 from zk0.v1 import federation_pb2 as pb
 from zk0.v1 import federation_pb2_grpc as pb_grpc
@@ -119,29 +120,27 @@ class StalledUploader:
     """A participant speaking the protocol with the bare stub that starts an upload and never finishes it,
     so the coordinator holds a half-written spool (.part) file when it is killed."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, dataset: pb.DatasetDescription) -> None:
+        self.dataset = dataset  # the run's features: the coordinator refuses a dataset that does not fit
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS)
         self.stub = pb_grpc.FederationStub(self.channel)
         self.release = threading.Event()
         self.error: BaseException | None = None
 
     def join_and_start_upload(self) -> None:
-        dataset = pb.DatasetDescription(
-            repo_id="demo:stalled",
-            features=[pb.FeatureSpec(name="observation.state", dtype="float32", shape=[6])],
-            episodes=1,
-            frames=10,
-            fps=30.0,
-        )
+        dataset = self.dataset
         deadline = time.monotonic() + 600
         while True:  # the coordinator process is still starting
             try:
-                self.stub.Join(pb.JoinRequest(participant_name="stalled", dataset=dataset), timeout=10)
+                reply = self.stub.Join(
+                    pb.JoinRequest(participant_name="stalled", dataset=dataset), timeout=10
+                )
                 break
             except grpc.RpcError:
                 assert time.monotonic() < deadline, "the coordinator never started serving"
                 time.sleep(0.5)
-        request = pb.GetTaskRequest(participant_id="stalled")
+        session = reply.session_id
+        request = pb.GetTaskRequest(participant_id="stalled", session_id=session)
         while (reply := self.stub.GetTask(request, timeout=10)).WhichOneof("task") != "train":
             assert time.monotonic() < deadline, "no train task"
             time.sleep(0.2)
@@ -154,6 +153,7 @@ class StalledUploader:
             metrics={"policy_loss": 1.0},
             size=task.model_size,
             sha256="0" * 64,
+            session_id=session,
         )
 
         def messages():
@@ -189,7 +189,7 @@ def test_resume_after_a_kill_mid_upload_drops_spool_parts_and_a_torn_metrics_lin
     coordinator = subprocess.Popen(
         serve_command(config, tmp_path, run, port), env=ENV, stdout=log.open("w"), stderr=subprocess.STDOUT
     )
-    uploader = StalledUploader(port)
+    uploader = StalledUploader(port, describe(open_source("demo:p0", config), "demo:p0"))
     try:
         uploader.join_and_start_upload()
         wait_for(lambda: list(run.glob("updates/round-0001/.*.part")), 300, "the upload's spool file")
