@@ -11,6 +11,9 @@ os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="zk0-hf-home-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+SMALL_DEMO = dict(seed=0, participants=2, episodes=3, frames_per_episode=20, eval_episodes=2)
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """One generated demo (tiny VLM assets + datasets) shared by every test that only reads it."""
@@ -18,11 +21,17 @@ def demo_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def small_demo(demo_root: Path):
-    """A small demo under `demo_root` (2 participants, short episodes) for tests that read demo datasets.
+def small_demo_root(tmp_path_factory) -> Path:
+    """The small demo's own root: the federated tests regenerate `demo_root` with their own parameters."""
+    return tmp_path_factory.mktemp("small-demo")
+
+
+@pytest.fixture(scope="session")
+def small_demo(small_demo_root: Path):
+    """A small demo (2 participants, short episodes) for tests that read demo datasets.
 
     Imported here, not at the top, so test modules that never touch lerobot do not pay its import.
     """
     from zk0.demo import ensure_demo
 
-    return ensure_demo(demo_root, seed=0, participants=2, episodes=3, frames_per_episode=20, eval_episodes=2)
+    return ensure_demo(small_demo_root, **SMALL_DEMO)

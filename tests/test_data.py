@@ -142,8 +142,8 @@ def test_missing_frames_of_a_local_dataset_do_not_send_the_user_to_the_hub(
         open_dataset(ref, episodes=None, delta_timestamps=None)
 
 
-def test_demo_dataset_is_valid(small_demo: DemoPaths, demo_root: Path) -> None:
-    ref = resolve_spec("demo:p0", demo_root)
+def test_demo_dataset_is_valid(small_demo: DemoPaths, small_demo_root: Path) -> None:
+    ref = resolve_spec("demo:p0", small_demo_root)
     validate(load_metadata(ref), ref, **SO100)
 
 
@@ -156,9 +156,9 @@ def test_demo_dataset_is_valid(small_demo: DemoPaths, demo_root: Path) -> None:
     ],
 )
 def test_mismatches_are_refused(
-    small_demo: DemoPaths, demo_root: Path, overrides: dict, problem: str
+    small_demo: DemoPaths, small_demo_root: Path, overrides: dict, problem: str
 ) -> None:
-    ref = resolve_spec("demo:p1", demo_root)
+    ref = resolve_spec("demo:p1", small_demo_root)
     with pytest.raises(Zk0Error, match=f"^dataset 'demo:p1': {problem}$"):
         validate(load_metadata(ref), ref, **{**SO100, **overrides})
 
@@ -214,8 +214,8 @@ def test_split_refuses_impossible_holdouts(total: int, heldout: int) -> None:
         split_episodes(total, heldout)
 
 
-def test_open_dataset_selects_episodes(small_demo: DemoPaths, demo_root: Path) -> None:
-    ref = resolve_spec("demo:eval", demo_root)
+def test_open_dataset_selects_episodes(small_demo: DemoPaths, small_demo_root: Path) -> None:
+    ref = resolve_spec("demo:eval", small_demo_root)
     dataset = open_dataset(ref, episodes=[1], delta_timestamps=None)
     assert len(dataset) == 20
     item = dataset[0]

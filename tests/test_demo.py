@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL_DEMO
 from lerobot.datasets import LeRobotDataset, LeRobotDatasetMetadata
 from lerobot.datasets.factory import resolve_delta_timestamps
 from lerobot.policies.factory import make_policy, make_pre_post_processors
@@ -146,13 +147,13 @@ def test_actions_close_the_gap_to_a_fixed_target(small_demo: DemoPaths) -> None:
     assert steps[-1] < 0.5 * steps[0], "the arm converges"
 
 
-def test_cached_demo_is_cheap(small_demo: DemoPaths, demo_root: Path) -> None:
-    again = ensure_demo(demo_root, seed=0, participants=2, episodes=3, frames_per_episode=20, eval_episodes=2)
+def test_cached_demo_is_cheap(small_demo: DemoPaths, small_demo_root: Path) -> None:
+    again = ensure_demo(small_demo_root, **SMALL_DEMO)
     assert again == small_demo
 
 
-def test_tiny_smolvla_computes_a_finite_loss_on_the_demo(small_demo: DemoPaths, demo_root: Path) -> None:
-    ref = resolve_spec("demo:p0", demo_root)
+def test_tiny_smolvla_computes_a_finite_loss_on_the_demo(small_demo: DemoPaths, small_demo_root: Path):
+    ref = resolve_spec("demo:p0", small_demo_root)
     meta = LeRobotDatasetMetadata(ref.repo_id, root=ref.root)
     cfg = SmolVLAConfig(
         vlm_model_name=str(small_demo.vlm_dir),

@@ -50,6 +50,10 @@ def quiet_libraries() -> None:
         logger.setLevel(logging.WARNING)
         logger.handlers.clear()
         logger.propagate = True
+    if not sys.stderr.isatty():  # datasets' "Generating train split" bars are noise in a log file
+        import datasets
+
+        datasets.disable_progress_bars()
 
 
 def add_config_args(p: argparse.ArgumentParser, *, default: Path | None = Path("configs/demo.toml")) -> None:
