@@ -113,7 +113,11 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def client_thread(port: int, spec: str, lock: threading.Lock, errors: list) -> threading.Thread:
+def client_thread(
+    port: int, spec: str, lock: threading.Lock, errors: list, give_up_s: float = 90
+) -> threading.Thread:
+    """A participant in a thread; what it raises lands in `errors`. A longer `give_up_s` rides out a
+    coordinator process that takes a while to (re)start on a loaded machine."""
     options = ClientOptions(
         coordinator=f"127.0.0.1:{port}",
         dataset=spec,
@@ -121,7 +125,7 @@ def client_thread(port: int, spec: str, lock: threading.Lock, errors: list) -> t
         insecure=True,
         device="cpu",
         progress=False,
-        give_up_s=90,
+        give_up_s=give_up_s,
     )
 
     def run() -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from test_federation import BIN, free_port, metrics, small_config, wait_for
+from test_federation import BIN, client_thread, free_port, metrics, small_config, wait_for
 
 from coordinator.server import CoordinatorServer, ServerOptions
-from participant.client import ClientOptions, ParticipantClient, describe
+from participant.client import describe
 from zk0.codec import sha256_hex
 from zk0.config import config_to_toml
 from zk0.sources import open_source
@@ -31,30 +31,6 @@ def serve_command(config, tmp_path: Path, run: Path, port: int) -> list[str]:
     config_path.write_text(config_to_toml(config))
     command = [str(BIN / "zk0-coordinator"), "serve", "--config", str(config_path), "--run-dir", str(run)]
     return command + ["--port", str(port), "--insecure", "--device", "cpu"]
-
-
-def patient_client(port: int, spec: str, lock: threading.Lock, errors: list) -> threading.Thread:
-    """A participant in a thread that keeps trying to reach a coordinator (restarting ones included) for
-    ten minutes: on a loaded machine a coordinator process takes a while to come up."""
-    options = ClientOptions(
-        coordinator=f"127.0.0.1:{port}",
-        dataset=spec,
-        name=spec.removeprefix("demo:"),
-        insecure=True,
-        device="cpu",
-        progress=False,
-        give_up_s=600,
-    )
-
-    def run() -> None:
-        try:
-            ParticipantClient(options, train_lock=lock).run()
-        except Exception as e:  # noqa: BLE001 - surfaced by the test's assertion on `errors`
-            errors.append(e)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
 
 
 def aggregated(run: Path) -> dict[int, list[dict]]:
@@ -86,7 +62,7 @@ def test_coordinator_killed_between_aggregating_and_recording_a_round_redoes_it(
     model_1 = run / "models" / "round-0001.safetensors"
     try:
         wait_for(lambda: "serving on" in first_log.read_text(), 600, "the coordinator to serve")
-        threads = [patient_client(port, spec, lock, errors) for spec in ("demo:p0", "demo:p1")]
+        threads = [client_thread(port, spec, lock, errors, give_up_s=600) for spec in ("demo:p0", "demo:p1")]
         wait_for(model_1.exists, 600, "round 1's global model file")
         first.send_signal(signal.SIGKILL)
         first.wait()

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from test_federation import client_thread, free_port
 
 from bench.fuzz_calls import Fuzzer
 from coordinator.guard import CallGuard
 from coordinator.server import CoordinatorServer, ServerOptions
 from coordinator.transfers import Transfer, TransferGate, overdue
-from participant.client import ClientOptions, ParticipantClient
 from zk0.config import config_to_toml, load_config
 from zk0.ratelog import RateLimiter
 from zk0.transport import GRPC_OPTIONS, token_metadata
@@ -227,36 +227,6 @@ def test_fuzzed_calls_get_precise_codes_no_traceback_and_rate_limited_refusal_li
 # ---------------------------------------------------------------------------------------- shutdown
 
 
-def participant_thread(port: int, name: str, lock: threading.Lock, errors: list) -> threading.Thread:
-    options = ClientOptions(
-        coordinator=f"127.0.0.1:{port}",
-        dataset=f"demo:{name}",
-        name=name,
-        insecure=True,
-        device="cpu",
-        progress=False,
-        give_up_s=120,
-    )
-
-    def run() -> None:
-        try:
-            ParticipantClient(options, train_lock=lock).run()
-        except Exception as e:  # noqa: BLE001 - surfaced by the test's assertion on `errors`
-            errors.append(e)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_coordinator_process_finishes_an_honest_run_and_exits_with_hostile_streams_left_open(
     demo_root, tmp_path
@@ -284,7 +254,7 @@ def test_coordinator_process_finishes_an_honest_run_and_exits_with_hostile_strea
         idle = open_idle_uploads(port, 40, hold)
         fuzzer = Fuzzer(port, tokens=[], names=["f0", "f1"], version="0" * 64, seed=3)
         fuzzer.run(200)
-        threads = [participant_thread(port, name, lock, errors) for name in ("p0", "p1")]
+        threads = [client_thread(port, spec, lock, errors, give_up_s=120) for spec in ("demo:p0", "demo:p1")]
         wait_for(lambda: "run complete" in log_path.read_text(), 400, "the run to complete")
         idle += open_idle_uploads(port, 40, hold)  # open, and never closed, as the coordinator shuts down
         channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS)
