@@ -20,6 +20,7 @@ def zk0(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.Complete
     return subprocess.run([ZK0, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_real_config_offline_fails_fast_with_one_line(tmp_path):
     result = zk0("centralized", "--config", "configs/so100.toml", "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 2
@@ -30,6 +31,7 @@ def test_real_config_offline_fails_fast_with_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_bad_override_names_the_key(tmp_path):
     result = zk0("centralized", "--set", "train.bogus=1", "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 2
@@ -39,6 +41,7 @@ def test_bad_override_names_the_key(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_centralized_demo_end_to_end(tmp_path):
     run = tmp_path / "run"
     args = [

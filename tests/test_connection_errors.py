@@ -154,6 +154,7 @@ def test_addresses_with_a_port_parse():
     assert parse_address("[::1]:50051") == ("::1", 50051)
 
 
+@pytest.mark.slow
 def test_participant_without_a_port_is_one_line_and_exit_2():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(

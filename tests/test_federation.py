@@ -44,6 +44,7 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("server_lr", [1.0, 2.0])
 def test_simulated_round_is_the_sample_weighted_mean_of_its_spooled_updates(demo_root, tmp_path, server_lr):
     """server_lr 1 (plain FedAvg): the round-2 model is the mean; else previous + lr * (mean - previous)."""
@@ -139,6 +140,7 @@ def client_thread(
     return thread
 
 
+@pytest.mark.slow
 def test_killed_participant_is_dropped_and_the_round_completes_before_its_deadline(demo_root, tmp_path):
     config = small_config(
         demo_root, "federation.rounds=1", "federation.min_updates=2", "train.local_steps=40"
@@ -167,6 +169,7 @@ def test_killed_participant_is_dropped_and_the_round_completes_before_its_deadli
     assert "version" in entry
 
 
+@pytest.mark.slow
 def test_killed_coordinator_resumes_from_the_saved_model_and_finishes(demo_root, tmp_path):
     config = small_config(
         demo_root,
@@ -237,6 +240,7 @@ def test_console_scripts_exist(flag):
         assert subprocess.run([str(BIN / script), flag], capture_output=True).returncode == 0
 
 
+@pytest.mark.slow
 def test_adaptive_rules_change_what_participants_receive(demo_root, tmp_path):
     config = small_config(
         demo_root,
@@ -268,6 +272,7 @@ def test_adaptive_rules_change_what_participants_receive(demo_root, tmp_path):
     assert second["hyperparameters"]["mu"] == pytest.approx(3 * base_mu)
 
 
+@pytest.mark.slow
 def test_push_to_hub_offline_fails_before_training(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     run = tmp_path / "run"
@@ -284,6 +289,7 @@ def test_push_to_hub_offline_fails_before_training(tmp_path):
     assert not run.exists()
 
 
+@pytest.mark.slow
 def test_compare_writes_the_table_of_every_model(demo_root, tmp_path):
     out = tmp_path / "cmp"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

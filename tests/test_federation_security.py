@@ -293,6 +293,7 @@ def test_tls_clients_without_the_right_ca_are_refused(start_server, pki, tokens_
 # ---------------------------------------------------------------------------------------- happy paths
 
 
+@pytest.mark.slow
 def test_a_run_over_tls_with_tokens(start_server, pki, tokens_file):
     server, port = start_server(
         "federation.min_participants=2",
@@ -318,6 +319,7 @@ def test_a_run_over_tls_with_tokens(start_server, pki, tokens_file):
     check_completed(server, list(PARTICIPANTS))
 
 
+@pytest.mark.slow
 def test_mutual_tls_needs_a_client_certificate_from_the_ca(start_server, pki):
     server, port = start_server(
         "federation.min_participants=1",

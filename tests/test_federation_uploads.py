@@ -218,6 +218,7 @@ def wait_until_in_loop(server: CoordinatorServer, clients: dict[str, Participant
     raise AssertionError("the honest participants did not get ready within 120s")
 
 
+@pytest.mark.slow
 def test_flawed_uploads_are_refused_and_the_round_completes_from_the_others(demo_root, tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="coordinator.rounds")
     config = small_config(

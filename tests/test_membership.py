@@ -425,6 +425,7 @@ def renamed_camera_copy(source: Path, target: Path, old: str, new: str) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_a_participant_whose_camera_is_named_differently_stops_with_one_line(demo_root, tmp_path):
     """A real participant process on a dataset recorded with a wrist camera, against a run whose policy
     sees a front camera: refused at its join with the dataset's description, exit 2, not retried."""

@@ -41,6 +41,7 @@ def normalizer_stats(runtime: ParticipantRuntime) -> dict:
     return step.stats
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["coordinator", "local"])
 def test_participants_normalize_as_the_config_says(demo_root, tmp_path, mode):
     config = load_config(

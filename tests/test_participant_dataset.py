@@ -100,6 +100,7 @@ def participate(port: int, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", ["missing", "no-camera", "bad-rename"])
 def test_a_bad_dataset_is_one_line_before_contacting_anyone(listener, tmp_path, problem):
     if problem == "missing":

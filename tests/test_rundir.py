@@ -99,6 +99,7 @@ def test_an_incomplete_centralized_run_restarts_and_a_finished_one_is_reported(t
     assert reuse_run_dir(path, config(), "centralized").action == "finished"
 
 
+@pytest.mark.slow
 def test_the_commands_apply_the_rule_before_any_work(tmp_path):
     """zk0 centralized into a federated run's directory refuses at once, with one line and exit 2."""
     path = tmp_path / "run"
@@ -197,6 +198,7 @@ def test_recover_drops_records_of_rounds_not_completed_and_rederives_the_best(tm
     assert not spool.exists()
 
 
+@pytest.mark.slow
 def test_serve_on_a_finished_run_says_so_in_one_line_and_exits_0(tmp_path):
     path, cfg = tmp_path / "run", config()
     federated_run(path, cfg, completed=2, finished=True)

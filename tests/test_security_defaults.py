@@ -56,6 +56,7 @@ def test_public_without_push_is_refused():
         ServerOptions(insecure=True, public=True).check()
 
 
+@pytest.mark.slow
 def test_coordinator_console_script_refuses_anonymous_tls_in_one_line(tmp_path):
     """Through the real console script: one line, exit 2, no run directory."""
     result = subprocess.run(

@@ -93,6 +93,7 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 # ---------------------------------------------------------------------------------------- idle streams
 
 
+@pytest.mark.slow
 def test_200_idle_upload_streams_leave_control_calls_answered_and_are_cancelled(demo_root, tmp_path):
     """Half with a valid token, half with none: Join, Heartbeat and GetTask are still answered, each within
     a deadline far below the idle streams' life; the streams holding slots are cancelled for want of a
@@ -193,6 +194,7 @@ def test_rate_limiter_keeps_a_burst_per_key_and_counts_the_rest():
     assert limiter.pending() == {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tokens", [True, False], ids=["tokens", "no-tokens"])
 def test_fuzzed_calls_get_precise_codes_no_traceback_and_rate_limited_refusal_lines(
     demo_root, tmp_path, caplog, tokens
