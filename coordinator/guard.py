@@ -41,6 +41,12 @@ def shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else f"{text[: limit - 30]}... ({len(text)} characters)"
 
 
+def one_line(text: str) -> str:
+    """Control characters escaped: a reason that echoes a peer's field (a name with a newline) must not
+    forge or split log lines."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class Malformed:
     """A request that did not parse: handed to the guard, which refuses it, instead of gRPC logging a
     traceback and answering INTERNAL."""
@@ -163,7 +169,7 @@ class CallGuard(grpc.ServerInterceptor):
     def _refused(self, name: str, claim: str, context: grpc.ServicerContext, reason: str) -> None:
         peer = context.peer()
         self.refusals.log(
-            logging.WARNING, peer_host(peer), "refused %s from %s%s: %s", name, peer, claim, reason
+            logging.WARNING, peer_host(peer), "refused %s from %s%s: %s", name, peer, claim, one_line(reason)
         )
 
     def _failed(self, name: str, claim: str, context: grpc.ServicerContext, error: Exception) -> None:

@@ -35,7 +35,9 @@ def test_simulate_redirected_keeps_stdout_for_results_and_logs_one_line_per_roun
     ]
     command = [ZK0, "simulate", "--config", str(ROOT / "configs" / "demo.toml"), "--run-dir", str(run)]
     command += ["--device", "cpu", *[arg for o in overrides for arg in ("--set", o)]]
+    # A fresh datasets cache, as on a fresh clone: datasets converts the parquet files, with a progress bar
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env["HF_DATASETS_CACHE"] = str(tmp_path / "datasets-cache")
     out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with out.open("w") as stdout, err.open("w") as stderr:  # files, not terminals: no progress bars
         code = subprocess.run(command, env=env, stdout=stdout, stderr=stderr, timeout=900).returncode

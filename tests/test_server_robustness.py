@@ -20,7 +20,7 @@ import pytest
 from test_federation import client_thread, free_port
 
 from bench.fuzz_calls import Fuzzer
-from coordinator.guard import CallGuard
+from coordinator.guard import CallGuard, one_line
 from coordinator.server import CoordinatorServer, ServerOptions
 from coordinator.transfers import Transfer, TransferGate, overdue
 from zk0.config import config_to_toml, load_config
@@ -224,6 +224,28 @@ def test_fuzzed_calls_get_precise_codes_no_traceback_and_rate_limited_refusal_li
     assert lines and all(len(r.getMessage().splitlines()) == 1 for r in lines)
     assert len(lines) < refused / 3, "refusal lines are not rate-limited"
     assert "suppressed" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_refusal_that_echoes_a_peers_newline_is_logged_as_one_line(demo_root, tmp_path, caplog):
+    """A name with a newline once split the refusal line (and could forge a second, "accepted" one)."""
+    caplog.set_level(logging.INFO)
+    server, port = serve(demo_root, tmp_path, tokens=False)
+    forged = "p0\n12:00:00 INFO coordinator.rounds: round 1: accepted update from p0"
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS) as channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                pb_grpc.FederationStub(channel).GetTask(pb.GetTaskRequest(participant_id=forged), timeout=10)
+    finally:
+        server.stop()
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    lines = [r.getMessage() for r in caplog.records if r.name == "coordinator.guard"]
+    assert len(lines) == 1 and len(lines[0].splitlines()) == 1, lines
+    assert "\\n12:00:00" in lines[0]
+
+
+def test_one_line_escapes_control_characters_and_keeps_the_rest():
+    assert one_line("a\nb\r\tc\x1b[31m é") == "a\\nb\\r\\tc\\x1b[31m é"
 
 
 # ---------------------------------------------------------------------------------------- shutdown

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,7 +51,12 @@ def quiet_libraries() -> None:
         logger.setLevel(logging.WARNING)
         logger.handlers.clear()
         logger.propagate = True
-    if not sys.stderr.isatty():  # datasets' "Generating train split" bars are noise in a log file
+    if not sys.stderr.isatty():
+        # datasets' "Generating train split" bars are noise in a log file. lerobot's SuppressProgressBars
+        # turns them back on when it exits, so disable_progress_bars() does not last; this variable has
+        # priority over both, and datasets reads it when first imported (commands import it lazily, later).
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        warnings.filterwarnings("ignore", "Cannot enable progress bars", UserWarning)  # lerobot's re-enable
         import datasets
 
         datasets.disable_progress_bars()
