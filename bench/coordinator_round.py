@@ -189,6 +189,7 @@ def _serve_rounds(
 
     import grpc
 
+    from coordinator import strategies
     from coordinator.rounds import Coordinator, RoundState
     from coordinator.service import FederationService
     from coordinator.store import RunStore
@@ -220,7 +221,7 @@ def _serve_rounds(
     store, _ = RunStore.open(Path(run_dir), config)
     with SpoolReader(Path(model_path)) as reader:
         manifest = reader.manifest()
-    coordinator = Coordinator(config, store, manifest)
+    coordinator = Coordinator(config, store, manifest, strategies.make(config))
     data = Path(model_path).read_bytes()
     coordinator.set_global(0, data, store.save_global(0, data))
     del data

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -18,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordinator.adaptive import Decision
-from coordinator.aggregation import apply_server_lr, reusable_sums
-from coordinator.bounded_fedavg import bounded_mean
+from coordinator.aggregation import reusable_sums
 from coordinator.intake import evaluation_problem, keep_attempt, spool_attempt
 from coordinator.membership import Member, Membership, public_source, waiting_line
+from coordinator.screening import complete_distances, screened_aggregate
 from coordinator.store import RunStore
+from coordinator.strategies import Aggregate, RoundUpdates, Strategy
 from zk0.codec import Manifest, ModelFile, SpoolReader, write_atomic
 from zk0.config import Config
 from zk0.errors import Zk0Error
@@ -82,12 +82,15 @@ class Coordinator:
         config: Config,
         store: RunStore,
         manifest: Manifest,
+        strategy: Strategy,
         *,
         clock: Callable[[], float] = time.monotonic,
         features: dict | None = None,
         fps: float = 0.0,
     ) -> None:
-        """`features` and `fps`: the run's dataset features (its evaluation datasets'), which a joining
+        """`strategy` plans and aggregates the rounds (coordinator/strategies/).
+
+        `features` and `fps`: the run's dataset features (its evaluation datasets'), which a joining
         participant's must match (coordinator/features.py); None admits any dataset."""
         self.config = config
         self.fed = config.federation
@@ -104,7 +107,8 @@ class Coordinator:
         self._done = False
         self._done_reason = ""
         self._told_done: set[str] = set()
-        self.plan = Decision(mu=self.fed.round_mu, lr=config.train.lr)
+        self.strategy = strategy
+        self.plan = strategy.plan([])
         self.global_round = 0
         self.global_version = ""
         self._model: ModelFile | None = None
@@ -472,11 +476,7 @@ class Coordinator:
             for header, _ in resumed:
                 if header.base_version == self.global_version:
                     state.accepted[header.participant_id] = header
-            candidates = [n for n in live if n not in state.accepted]
-            k = max(self.fed.min_updates - len(state.accepted), math.ceil(self.fed.fraction * len(live)))
-            rng = random.Random(self.config.seed * 1_000_003 + round_idx * 1009 + attempt)
-            picked = rng.sample(candidates, min(k, len(candidates)))
-            state.sampled = sorted(set(picked) | set(state.accepted))
+            state.sampled = self.strategy.sample(round_idx, attempt, live, sorted(state.accepted))
             self._round = state
             self._cond.notify_all()
             taking_part = {n: self._members[n].dataset for n in state.sampled if n in self._members}
@@ -507,31 +507,28 @@ class Coordinator:
                     return
                 self._cond.wait(POLL_SECONDS)
 
-    def _aggregate(self, state: RoundState) -> dict | None:
-        """FedAvg of the spooled updates, folded one tensor at a time in participant-name order, so the
-        global model's bytes do not depend on the order updates happened to arrive in. Updates too far from
-        the base model, or that make the aggregate non-finite, move from accepted to refused (None: too few
-        are left to aggregate)."""
+    def _aggregate(self, state: RoundState) -> Aggregate | None:
+        """The strategy's aggregate of the spooled updates (read one tensor at a time, in participant-name
+        order, so the global model's bytes do not depend on the order updates arrived in). Updates too far
+        from the base model, or that make the aggregate non-finite, move from accepted to refused (None: too
+        few are left to aggregate)."""
         reuse, self._spare_sums = self._spare_sums, None
-        lr = self.fed.server_lr  # 1 is plain FedAvg: reading the previous model would cost a model's worth
-        mean, dropped = bounded_mean(
-            self.manifest,
-            {
-                n: (self.store.update_path(state.round, n), float(h.sample_count))
-                for n, h in state.accepted.items()
-            },
-            state.distances,
-            base=self._model.path,
+        updates = {
+            n: (self.store.update_path(state.round, n), float(h.sample_count))
+            for n, h in state.accepted.items()
+        }
+        complete_distances(updates, state.distances, self._model.path)
+        result, dropped = screened_aggregate(
+            self.strategy,
+            RoundUpdates(state.round, self.manifest, self._model.path, updates, dict(state.distances), reuse),
             bounds=dict(max_norm=self.fed.max_update_norm, factor=self.fed.update_norm_median_factor),
             min_updates=self.fed.min_updates,
-            finish=lambda m: m if lr == 1.0 else apply_server_lr(self.global_state(), m, lr),
-            reuse=reuse,
         )
         for name, reason in dropped.items():
             log.warning("round %d: update from %s left out: %s", state.round, name, reason)
             del state.accepted[name]
             state.refused[name] = f"{Refusal.BAD_TENSORS.value}: {reason}"
-        return mean
+        return result
 
     def _finish_round(self, state: RoundState, waited: float) -> dict:
         with self._cond:
@@ -540,7 +537,7 @@ class Coordinator:
         started = self.clock()
         # The mean (computed in the accumulator's own memory) streams to disk, never encoded in memory; the
         # file is hashed once for its version, and downloads are served from it.
-        mean = self._aggregate(state) if len(state.accepted) >= self.fed.min_updates else None
+        result = self._aggregate(state) if len(state.accepted) >= self.fed.min_updates else None
         entry = {
             "round": state.round,
             "attempt": state.attempt,
@@ -570,7 +567,7 @@ class Coordinator:
             "bytes": {"down": state.bytes_down, "up": state.bytes_up},
             "seconds": {"wait_participants": waited, "train": train_s},
         }
-        if mean is None or not state.accepted or len(state.accepted) < self.fed.min_updates:
+        if result is None or not state.accepted or len(state.accepted) < self.fed.min_updates:
             log.warning(
                 "round %d: %d updates, fewer than federation.min_updates=%d: not aggregated",
                 state.round,
@@ -578,12 +575,18 @@ class Coordinator:
                 self.fed.min_updates,
             )
             return entry
-        path = self.store.write_global(state.round, mean)
-        self._spare_sums = reusable_sums(mean)  # the next round sums into these: no fresh model's worth
+        path = self.store.write_global(state.round, result.state)
+        if result.server_state is not None:  # saved with the model: a resumed run continues from it
+            self.store.write_server_state(state.round, result.server_state)
+            self.strategy.load_server_state(result.server_state)
+        self._spare_sums = reusable_sums(
+            result.state
+        )  # the next round sums into these: no fresh model's worth
         model = ModelFile(path, self.chunk_bytes)  # completed once on_round has recorded it (mark_completed)
         self._set_model(state.round, model)
         version = model.version
         entry["version"] = version
+        entry["aggregation"] = {"strategy": self.strategy.name, **result.stats}
         entry["seconds"]["aggregate"] = self.clock() - started
         log.info(
             "round %d: aggregated %d updates (%d samples) -> %s; %.1f MB down, %.1f MB up; "

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import grpc
 
-from coordinator.adaptive import Decision, decide, records_from_metrics
+from coordinator import strategies
+from coordinator.adaptive import Decision, records_from_metrics
 from coordinator.guard import CallGuard
 from coordinator.rounds import Coordinator, RoundState
 from coordinator.service import FederationService, read_tokens
@@ -112,10 +113,15 @@ class CoordinatorServer:
         self.store, resumed = RunStore.open(run_dir, config)
         initial = trainable_state(self.bundle.policy)
         run_meta = next(iter(self.eval_sets.values())).meta  # the policy's features come from it
+        self.strategy = strategies.make(config)
         self.coordinator = Coordinator(
-            config, self.store, Manifest.of(initial), features=run_meta.features, fps=float(run_meta.fps)
+            config,
+            self.store,
+            Manifest.of(initial),
+            self.strategy,
+            features=run_meta.features,
+            fps=float(run_meta.fps),
         )
-        self.base_mu, self.base_lr = config.federation.round_mu, config.train.lr
         completed = self.store.completed() if resumed else None
         if completed is None:  # round 0 is the initial model, completed like any round once recorded
             data = encode_state(initial)
@@ -125,6 +131,7 @@ class CoordinatorServer:
         else:
             round_idx, version, data = completed
             self.coordinator.set_global(round_idx, data, version)
+            self.strategy.load_server_state(self.store.server_state(round_idx))
             load_trainable_state(self.bundle.policy, self.coordinator.global_state())
             log.info("resuming %s after round %d (global model %s)", self.store.path, round_idx, version[:12])
             self._apply(self._decide(self.store.run.read_metrics()), round_idx)
@@ -172,8 +179,10 @@ class CoordinatorServer:
         return a.mu_dynamic or a.lr_adjust or a.lr_boost or a.spike_guard
 
     def _decide(self, entries: list[dict]) -> Decision:
-        records = records_from_metrics(entries, base_mu=self.base_mu, base_lr=self.base_lr)
-        return decide(records, self.config.adaptive, base_mu=self.base_mu, base_lr=self.base_lr)
+        strategy = self.strategy
+        return strategy.plan(
+            records_from_metrics(entries, base_mu=strategy.base_mu, base_lr=strategy.base_lr)
+        )
 
     def _apply(self, decision: Decision, round_idx: int) -> None:
         self.coordinator.set_plan(decision)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from zk0.codec import sha256_hex, write_atomic, write_state_atomic
+from zk0.codec import decode_state, sha256_hex, write_atomic, write_state_atomic
 from zk0.config import Config
 from zk0.errors import Zk0Error
 from zk0.reuse import STATE_FILE, completed_round, reuse_run_dir
@@ -132,6 +132,18 @@ class RunStore:
         path = self.model_path(round_idx)
         write_state_atomic(path, state)
         return path
+
+    def server_state_path(self, round_idx: int) -> Path:
+        return self.path / "models" / f"round-{round_idx:04d}.strategy.safetensors"
+
+    def write_server_state(self, round_idx: int, state: Mapping[str, torch.Tensor]) -> None:
+        """A stateful strategy's state after a round (e.g. FedAdam's moments), beside the round's model."""
+        write_state_atomic(self.server_state_path(round_idx), state)
+
+    def server_state(self, round_idx: int) -> dict[str, torch.Tensor] | None:
+        """The strategy state saved with `round_idx`'s model; None when the strategy keeps none."""
+        path = self.server_state_path(round_idx)
+        return decode_state(path.read_bytes()) if path.exists() else None
 
     def mark_completed(self, round_idx: int, version: str, size: int) -> None:
         state = {"completed_round": round_idx, "version": version, "size": size}

@@ -20,6 +20,7 @@ import grpc
 import pytest
 import torch
 
+from coordinator import strategies
 from coordinator.adaptive import records_from_metrics
 from coordinator.intake import StorageError, keep_attempt
 from coordinator.rounds import Coordinator
@@ -94,7 +95,9 @@ class Federation:
         self.store, _ = RunStore.open(tmp_path / "run", self.config)
         self.base = base_state()
         data = encode_state(self.base)
-        self.coordinator = Coordinator(self.config, self.store, Manifest.of(self.base))
+        self.coordinator = Coordinator(
+            self.config, self.store, Manifest.of(self.base), strategies.make(self.config)
+        )
         self.coordinator.set_global(0, data, self.store.save_global(0, data))
         service = FederationService(self.coordinator, tokens=None, config_toml="", frozen_sha256="")
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=GRPC_OPTIONS)

@@ -21,6 +21,7 @@ import grpc
 import pytest
 import torch
 
+from coordinator import strategies
 from coordinator.features import feature_differences
 from coordinator.membership import TokenBucket, check_name, public_source, waiting_line
 from coordinator.rounds import Coordinator
@@ -65,7 +66,13 @@ class Served:
         self.store, _ = RunStore.open(tmp_path / "run", self.config)
         state = {"w": torch.zeros(4)}
         self.coordinator = Coordinator(
-            self.config, self.store, Manifest.of(state), clock=self.clock, features=features, fps=30.0
+            self.config,
+            self.store,
+            Manifest.of(state),
+            strategies.make(self.config),
+            clock=self.clock,
+            features=features,
+            fps=30.0,
         )
         data = encode_state(state)
         self.coordinator.set_global(0, data, self.store.save_global(0, data))

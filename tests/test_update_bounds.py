@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from coordinator import strategies
 from coordinator.aggregation import FedAvgAccumulator
-from coordinator.bounded_fedavg import bounded_mean
+from coordinator.screening import complete_distances, screened_aggregate
+from coordinator.strategies import RoundUpdates
 from coordinator.update_bounds import (
     absolute_violation,
     farthest,
@@ -17,6 +19,9 @@ from coordinator.update_bounds import (
     update_distance,
 )
 from zk0.codec import Manifest, SpoolReader, encode_state, write_atomic
+from zk0.config import load_config
+
+FEDAVG = strategies.make(load_config(None, ["federation.strategy='fedavg'"]))
 
 
 def state(seed: int, scale: float = 1.0) -> dict[str, torch.Tensor]:
@@ -96,7 +101,7 @@ def spool(tmp_path: Path, updates: dict[str, dict]) -> dict[str, Path]:
     return paths
 
 
-def test_bounded_mean_without_anything_to_drop_is_exactly_one_fedavg_pass(tmp_path: Path):
+def test_screened_fedavg_without_anything_to_drop_is_exactly_one_fedavg_pass(tmp_path: Path):
     updates = {name: state(seed) for name, seed in (("p", 1), ("q", 2), ("r", 3))}
     paths = spool(tmp_path, {**updates, "base": BASE})
     weights = {"p": 8.0, "q": 3.0, "r": 5.0}
@@ -105,34 +110,31 @@ def test_bounded_mean_without_anything_to_drop_is_exactly_one_fedavg_pass(tmp_pa
         plain.add(paths[name], weights[name])
     expected = plain.result()
     distances: dict[str, float] = {}
-    mean, dropped = bounded_mean(
-        Manifest.of(BASE),
-        {name: (paths[name], weights[name]) for name in updates},
-        distances,
-        base=paths["base"],
+    spooled = {name: (paths[name], weights[name]) for name in updates}
+    complete_distances(spooled, distances, paths["base"])
+    assert set(distances) == set(updates)  # computed for the updates that came without one
+    result, dropped = screened_aggregate(
+        FEDAVG,
+        RoundUpdates(1, Manifest.of(BASE), paths["base"], spooled, distances),
         bounds=dict(max_norm=1e4, factor=10.0),
         min_updates=2,
-        finish=lambda m: m,
     )
     assert dropped == {}
-    assert set(distances) == set(updates)  # computed for the updates that came without one
     for name, tensor in expected.items():
-        assert torch.equal(mean[name], tensor), name
+        assert torch.equal(result.state[name], tensor), name
 
 
-def test_bounded_mean_drops_the_farthest_until_the_mean_is_finite(tmp_path: Path):
+def test_screened_fedavg_drops_the_farthest_until_the_mean_is_finite(tmp_path: Path):
     huge = {**state(9), "w": torch.full((40, 30), 3e38)}
     updates = {"p": state(1), "q": state(2), "huge": huge, "huger": {**huge, "w": huge["w"] * 1.1}}
     paths = spool(tmp_path, {**updates, "base": BASE})
     distances = {name: update_distance(u, BASE) for name, u in updates.items()}
-    kwargs = dict(base=paths["base"], bounds=dict(max_norm=0.0, factor=0.0), finish=lambda m: m)
-    mean, dropped = bounded_mean(
-        Manifest.of(BASE), {n: (paths[n], 8.0) for n in updates}, distances, min_updates=1, **kwargs
-    )
+    spooled = {n: (paths[n], 8.0) for n in updates}
+    round_updates = RoundUpdates(1, Manifest.of(BASE), paths["base"], spooled, distances)
+    bounds = dict(max_norm=0.0, factor=0.0)
+    result, dropped = screened_aggregate(FEDAVG, round_updates, bounds=bounds, min_updates=1)
     assert list(dropped) == ["huger", "huge"]
     assert "not finite (w)" in dropped["huge"]
-    assert non_finite_tensors(mean) == []
-    mean, dropped = bounded_mean(
-        Manifest.of(BASE), {n: (paths[n], 8.0) for n in updates}, distances, min_updates=3, **kwargs
-    )
-    assert mean is None and set(dropped) == {"huge", "huger"}
+    assert non_finite_tensors(result.state) == []
+    result, dropped = screened_aggregate(FEDAVG, round_updates, bounds=bounds, min_updates=3)
+    assert result is None and set(dropped) == {"huge", "huger"}

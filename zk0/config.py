@@ -17,7 +17,7 @@ from typing import Any
 from zk0.errors import Zk0Error
 
 SCHEDULES = ("cosine", "cosine_restarts", "plateau")
-STRATEGIES = ("fedprox", "fedavg")
+STRATEGIES = ("fedprox", "fedavg", "median", "trimmed_mean", "norm_bounded", "fedadam", "fedyogi")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 
 
@@ -124,10 +124,13 @@ class TrainConfig:
 @dataclass
 class FederationConfig:
     rounds: int = 3
-    # "fedprox" sends `mu` to participants; "fedavg" sends 0. The server side is FedAvg either way.
+    # How a round is planned and aggregated (coordinator/strategies/, options in [strategy]): "fedavg";
+    # "fedprox" (FedAvg, and participants train with `mu`; every other strategy sends mu = 0); the robust
+    # "median", "trimmed_mean", "norm_bounded"; the server optimizers "fedadam", "fedyogi".
     strategy: str = "fedprox"
     mu: float = 0.01
-    # Server learning rate: the new global model is old + server_lr * (FedAvg mean - old); 1 = plain FedAvg.
+    # Server learning rate: the new global model is old + server_lr * (aggregate - old); 1 = the aggregate.
+    # Read by every strategy but fedadam/fedyogi, which step with strategy.eta.
     server_lr: float = 1.0
     min_participants: int = 2
     fraction: float = 1.0
@@ -194,10 +197,37 @@ class FederationConfig:
         _positive("federation.joins_per_second", self.joins_per_second)
         _positive("federation.join_burst", self.join_burst)
 
-    @property
-    def round_mu(self) -> float:
-        """The mu participants train with: FedAvg is FedProx with mu = 0."""
-        return self.mu if self.strategy == "fedprox" else 0.0
+
+@dataclass
+class StrategyConfig:
+    """Options of the aggregation strategies (coordinator/strategies/): each is read by the one named."""
+
+    # trimmed_mean: the fraction of updates cut from each end at every coordinate, in [0, 0.5).
+    trim_fraction: float = 0.25
+    # norm_bounded: each update's L2 distance from the base model is scaled down to at most this.
+    clip_norm: float = 1.0
+    # fedadam / fedyogi: the server's step size, its moment decay rates, and the adaptivity floor tau.
+    eta: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 0.001
+
+    def check(self) -> None:
+        if not 0 <= self.trim_fraction < 0.5:
+            raise ConfigError(f"strategy.trim_fraction: {self.trim_fraction} must be in [0, 0.5)")
+        _positive("strategy.clip_norm", self.clip_norm)
+        _positive("strategy.eta", self.eta)
+        for key in ("beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"strategy.{key}: {getattr(self, key)} must be in [0, 1)")
+        _positive("strategy.tau", self.tau)
+
+    def check_against(self, federation: FederationConfig) -> None:
+        if federation.strategy in ("fedadam", "fedyogi") and federation.server_lr != 1.0:
+            raise ConfigError(
+                f"federation.server_lr: {federation.server_lr} is not read by {federation.strategy}, which "
+                "steps with strategy.eta; leave it at 1"
+            )
 
 
 @dataclass
@@ -330,6 +360,7 @@ class Config:
     demo: DemoConfig = field(default_factory=DemoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
 
@@ -339,6 +370,7 @@ class Config:
             if dataclasses.is_dataclass(value):
                 value.check()
         self.adaptive.check_against(self.federation, self.train)
+        self.strategy.check_against(self.federation)
 
     def uses_demo(self) -> bool:
         return any(s.startswith("demo:") for s in [*self.data.participants, *self.data.eval])
