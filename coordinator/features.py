@@ -3,7 +3,7 @@
 The run's features are those of the coordinator's evaluation datasets: the policy's input and output
 features come from them. A participant whose camera is named differently would otherwise join, train on a
 camera slot the policy never sees, and be averaged in silently; `zk0 centralized` refuses the same mix
-(zk0/sources.py check_same_layout). Only what the policy consumes is compared: observation.state and
+(zk0/data.py check_same_layout). Only what the policy consumes is compared: observation.state and
 action (dtype and shape), the set of cameras (observation.images.*), and fps. Camera resolutions may
 differ, as they may for `zk0 centralized`: SmolVLA resizes every frame, with padding, to its own input size.
 """

@@ -21,6 +21,7 @@ from coordinator.transfers import CONTROL_WORKERS, TransferGate
 from zk0 import hub
 from zk0.codec import Manifest, decode_state, encode_state, sha256_hex, write_atomic
 from zk0.config import Config, config_to_toml
+from zk0.data import describe
 from zk0.errors import Zk0Error, disk_full
 from zk0.evaluation import describe_eval, evaluate_all, evaluation_setup
 from zk0.normalization import stats_to_json
@@ -102,14 +103,7 @@ class CoordinatorServer:
     def _prepare(self, run_dir: Path) -> None:
         config = self.config
         self.bundle, self.eval_sets = evaluation_setup(config, device=self.device)
-        self.eval_descriptions = {
-            name: {
-                "repo_id": d.meta.repo_id,
-                "episodes": d.meta.total_episodes,
-                "frames": d.meta.total_frames,
-            }
-            for name, d in self.eval_sets.items()
-        }
+        self.eval_descriptions = {name: describe(d.meta) for name, d in self.eval_sets.items()}
         self.store, resumed = RunStore.open(run_dir, config)
         initial = trainable_state(self.bundle.policy)
         run_meta = next(iter(self.eval_sets.values())).meta  # the policy's features come from it

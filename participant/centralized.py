@@ -23,6 +23,15 @@ from participant.lightning_module import RoundPlan, SmolVLAModule
 from participant.local_training import LocalTrainer
 from zk0.codec import encode_state, sha256_hex
 from zk0.config import Config, config_to_toml
+from zk0.data import (
+    Source,
+    check_same_layout,
+    dataset_names,
+    demo_root,
+    describe,
+    open_source,
+    training_split,
+)
 from zk0.errors import Zk0Error
 from zk0.evaluation import describe_eval, evaluate_all, evaluation_setup
 from zk0.normalization import with_shared
@@ -37,7 +46,6 @@ from zk0.policy import (
 from zk0.report import model_card, write_charts
 from zk0.reuse import reuse_run_dir
 from zk0.rundir import RunDir
-from zk0.sources import Source, check_same_layout, demo_root, open_source, training_split
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +64,7 @@ def run_centralized(
     if reuse.action == "finished":
         raise Zk0Error(reuse.message)
     device = resolve_device(device or config.train.device)
+    names = dataset_names(config.data.participants)
     sources = [open_source(spec, config) for spec in config.data.participants]
     eval_sources = [open_source(spec, config) for spec in config.data.eval]
     check_same_layout(sources + eval_sources)
@@ -72,11 +81,11 @@ def run_centralized(
     delta = resolve_delta_timestamps(bundle.policy.config, sources[0].meta)
 
     train_sets, heldout_sets = [], {}
-    for source in sources:
+    for name, source in zip(names, sources, strict=True):
         train, held = training_split(source, heldout=config.data.heldout_episodes, delta_timestamps=delta)
         train_sets.append(train)
         if held is not None:
-            heldout_sets[source.name] = held
+            heldout_sets[name] = held
 
     datamodule = LeRobotDataModule(
         ConcatDataset(train_sets),
@@ -171,28 +180,12 @@ def _finish(
     if best_state is not None:
         load_trainable_state(eval_bundle.policy, best_state)
         export_pretrained(eval_bundle, run.path / BEST_DIR)
-    datasets = {
-        s.spec.removeprefix("demo:").rstrip("/").rsplit("/", 1)[-1]: {  # a directory's name, not its path
-            "repo_id": s.ref.repo_id,
-            "episodes": s.meta.total_episodes,
-            "frames": s.meta.total_frames,
-            "fps": s.meta.fps,
-            "features": list(s.meta.features),
-        }
-        for s in sources
-    }
+    datasets = {s.name: describe(s.meta) for s in sources}
     card = model_card(
         config_toml=config_to_toml(config),
         entries=history,
         participants=datasets,
-        eval_datasets={
-            name: {
-                "repo_id": d.meta.repo_id,
-                "episodes": d.meta.total_episodes,
-                "frames": d.meta.total_frames,
-            }
-            for name, d in eval_sets.items()
-        },
+        eval_datasets={name: describe(d.meta) for name, d in eval_sets.items()},
         base_model=config.model.source,
         final_version=history[-1]["version"],
         best=best,

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_participate(args: argparse.Namespace) -> int:
-    from participant.client import ClientOptions, ParticipantClient, participant_name
+    from participant.client import ClientOptions, ParticipantClient
+    from zk0.data import dataset_name
     from zk0.rename import parse_rename
 
     quiet_libraries()
@@ -56,7 +57,7 @@ def cmd_participate(args: argparse.Namespace) -> int:
     options = ClientOptions(
         coordinator=args.coordinator,
         dataset=args.dataset,
-        name=args.name or participant_name(args.dataset),
+        name=args.name or dataset_name(args.dataset),
         token=args.token or os.environ.get("ZK0_TOKEN"),
         tls_ca=args.tls_ca,
         tls_cert=args.tls_cert,

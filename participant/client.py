@@ -8,7 +8,6 @@ and re-joins when the coordinator no longer knows us (its lease lapsed, or it re
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,13 +34,13 @@ from zk0.codec import (
     sha256_hex,
 )
 from zk0.config import Config, load_config_text
+from zk0.data import Source, check_spec, demo_root, describe, open_source, training_split
 from zk0.errors import Zk0Error
 from zk0.evaluation import evaluate
 from zk0.interrupts import STOP, Interrupted, check
 from zk0.normalization import stats_from_json, with_shared
 from zk0.policy import build_policy, frozen_fingerprint, load_trainable_state, resolve_device, trainable_state
 from zk0.rename import rename_batches
-from zk0.sources import Source, check_spec, demo_root, open_source, training_split
 from zk0.transport import GRPC_OPTIONS, channel_credentials, is_loopback, token_metadata
 from zk0.v1 import federation_pb2 as pb
 from zk0.v1 import federation_pb2_grpc as pb_grpc
@@ -130,27 +129,19 @@ class ParticipantRuntime:
         )
 
 
-def participant_name(spec: str) -> str:
-    """A default name from a dataset spec: demo:p0 -> p0, owner/name -> name, /data/run-3 -> run-3."""
-    tail = spec.removeprefix("demo:").rstrip("/").rsplit("/", 1)[-1]
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", tail).strip("-._")[:64]
-    return cleaned or "participant"
-
-
-def describe(source: Source | None, spec: str) -> pb.DatasetDescription:
-    """Features, episodes and frames of the dataset: its shape, never its data."""
+def description(source: Source | None, spec: str) -> pb.DatasetDescription:
+    """`zk0.data.describe` on the wire; before the run's config is known, a demo spec is only its spec."""
     if source is None:
         return pb.DatasetDescription(repo_id=spec)
-    meta = source.meta
+    d = describe(source.meta)
     return pb.DatasetDescription(
-        repo_id=source.ref.repo_id,
+        repo_id=d["repo_id"],
         features=[
-            pb.FeatureSpec(name=k, dtype=str(v["dtype"]), shape=list(v["shape"]))
-            for k, v in meta.features.items()
+            pb.FeatureSpec(name=k, dtype=v["dtype"], shape=v["shape"]) for k, v in d["features"].items()
         ],
-        episodes=meta.total_episodes,
-        frames=meta.total_frames,
-        fps=float(meta.fps),
+        episodes=d["episodes"],
+        frames=d["frames"],
+        fps=d["fps"],
     )
 
 
@@ -263,7 +254,7 @@ class ParticipantClient:
         reply = self._call(
             lambda: self.stub.Join(
                 pb.JoinRequest(
-                    participant_name=o.name, dataset=describe(source, o.dataset), session_id=self.session
+                    participant_name=o.name, dataset=description(source, o.dataset), session_id=self.session
                 ),
                 metadata=self.metadata,
                 timeout=30,

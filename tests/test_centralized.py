@@ -52,5 +52,8 @@ def test_centralized_round_zero_equals_the_coordinators_and_it_writes_the_federa
     assert "| Strategy | centralized, mu = 0 |" in card
     best = history[-1]["best"]
     assert f"| Best model | round {best['round']}, version `{best['version']}` |" in card
+    # each dataset under its name, described as a participant describes itself at join
+    assert "| p0 | zk0-demo/p0 | 3 | 90 | 30 | observation.state, action, observation.images.front," in card
+    assert "| eval | zk0-demo/eval | 3 | 90 |" in card
     assert (run / "best" / "model.safetensors").is_file() and (run / "final" / "model.safetensors").is_file()
     assert (run / "eval_loss.png").stat().st_size > 0 and (run / "hyperparameters.png").stat().st_size > 0

@@ -1,4 +1,5 @@
-"""Dataset specs, validation (each rejection names the dataset and the problem), and the episode split."""
+"""Dataset specs, the names they go by, validation (each rejection names the dataset and the problem), the
+episode split and the description sent at join."""
 
 from __future__ import annotations
 
@@ -12,7 +13,16 @@ import pyarrow.parquet as pq
 import pytest
 from lerobot.datasets import LeRobotDataset
 
-from zk0.data import load_metadata, open_dataset, resolve_spec, split_episodes, validate
+from zk0.data import (
+    dataset_name,
+    dataset_names,
+    describe,
+    load_metadata,
+    open_dataset,
+    resolve_spec,
+    split_episodes,
+    validate,
+)
 from zk0.demo import CAMERA_KEY, DemoPaths, demo_features
 from zk0.errors import Zk0Error
 
@@ -249,3 +259,43 @@ def test_a_file_is_not_a_dataset(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(Zk0Error, match="is a file, not a LeRobot dataset directory"):
         resolve_spec(str(tmp_path / "notes.txt"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("spec", "name"),
+    [
+        ("demo:p0", "p0"),
+        ("demo:eval", "eval"),
+        ("lerobot/svla_so100_pickplace", "svla_so100_pickplace"),
+        ("/data/run-3", "run-3"),
+        ("/data/run-3/", "run-3"),
+        ("./my dataset", "my-dataset"),
+        ("~/robots/arm#2", "arm-2"),
+        ("..", "participant"),
+        ("/data/" + "x" * 100, "x" * 64),
+    ],
+)
+def test_a_spec_goes_by_its_last_component(spec: str, name: str) -> None:
+    """One derivation for a participant's default name and a dataset's key: never a path, always a valid
+    participant name (1-64 of letters, digits, '_', '.', '-')."""
+    assert dataset_name(spec) == name
+
+
+def test_two_specs_of_one_name_are_refused() -> None:
+    assert dataset_names(["demo:p0", "demo:p1", "lerobot/p2"]) == ["p0", "p1", "p2"]
+    with pytest.raises(Zk0Error, match="'acme/robot' and '/data/robot' would both be named 'robot'"):
+        dataset_names(["demo:p0", "acme/robot", "/data/robot"])
+
+
+def test_the_description_is_the_datasets_shape(small_demo: DemoPaths, small_demo_root: Path) -> None:
+    meta = load_metadata(resolve_spec("demo:p0", small_demo_root))
+    described = describe(meta)
+    assert json.loads(json.dumps(described)) == described  # plain data: it crosses the wire and the card
+    assert (described["repo_id"], described["episodes"], described["frames"], described["fps"]) == (
+        "zk0-demo/p0",
+        3,
+        60,
+        30.0,
+    )
+    assert described["features"]["observation.state"] == {"dtype": "float32", "shape": [6]}
+    assert set(described["features"]) == set(meta.features)

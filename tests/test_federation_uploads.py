@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from coordinator.server import CoordinatorServer, ServerOptions
-from participant.client import DOWNLOAD_ATTEMPTS, ClientOptions, ParticipantClient, describe
+from participant.client import DOWNLOAD_ATTEMPTS, ClientOptions, ParticipantClient, description
 from zk0.codec import Manifest, decode_state, encode_state, iter_chunks, sha256_hex
 from zk0.config import load_config
 from zk0.errors import Zk0Error
@@ -270,7 +270,7 @@ def test_flawed_uploads_are_refused_and_the_round_completes_from_the_others(demo
     try:
         wait_until_in_loop(server, clients)
         for rogue in rogues.values():
-            rogue.dataset = describe(clients["honest-a"].runtime.source, "demo:p0")
+            rogue.dataset = description(clients["honest-a"].runtime.source, "demo:p0")
         ready.set()
         server.wait(timeout=ROUND_TIMEOUT_S + 60)
     finally:

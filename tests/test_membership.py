@@ -386,14 +386,14 @@ def test_a_second_participant_process_under_a_live_name_stops_with_one_line(serv
 def test_the_coordinator_checks_joins_against_its_evaluation_datasets(demo_root, tmp_path):
     """The run's features come from the coordinator's evaluation datasets (coordinator/server.py)."""
     from coordinator.server import CoordinatorServer, ServerOptions
-    from participant.client import describe
-    from zk0.sources import open_source
+    from participant.client import description
+    from zk0.data import open_source
 
     config = load_config(
         CONFIGS / "demo.toml",
         [f'demo.root="{demo_root}"', "demo.episodes=3", "demo.frames_per_episode=30", "eval.batches=1"],
     )
-    own = describe(open_source("demo:p0", config), "demo:p0")
+    own = description(open_source("demo:p0", config), "demo:p0")
     renamed = pb.DatasetDescription()
     renamed.CopyFrom(own)
     (camera,) = [f for f in renamed.features if f.name.startswith("observation.images.")]
@@ -437,7 +437,7 @@ def test_a_participant_whose_camera_is_named_differently_stops_with_one_line(dem
     """A real participant process on a dataset recorded with a wrist camera, against a run whose policy
     sees a front camera: refused at its join with the dataset's description, exit 2, not retried."""
     from coordinator.server import CoordinatorServer, ServerOptions
-    from zk0.sources import open_source
+    from zk0.data import open_source
 
     config = load_config(
         CONFIGS / "demo.toml",

@@ -10,8 +10,8 @@ import torch
 from coordinator.server import CoordinatorServer, ServerOptions
 from participant.client import ParticipantRuntime
 from zk0.config import load_config
+from zk0.data import open_source
 from zk0.normalization import NORMALIZED, stats_from_json, stats_to_json, with_shared
-from zk0.sources import open_source
 from zk0.v1 import federation_pb2 as pb
 from zk0.v1 import federation_pb2_grpc as pb_grpc
 

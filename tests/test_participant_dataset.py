@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from lerobot.datasets import LeRobotDataset
 
-from participant.client import ParticipantRuntime, describe
+from participant.client import ParticipantRuntime, description
 from participant.lightning_module import RoundPlan
 from zk0.config import load_config
+from zk0.data import check_spec, open_source
 from zk0.demo import CAMERA_KEY, demo_features, demo_tasks
 from zk0.errors import Zk0Error
 from zk0.rename import parse_rename
-from zk0.sources import check_spec, open_source
 
 ROOT = Path(__file__).parent.parent
 PARTICIPANT = str(Path(sys.executable).parent / "zk0-participant")
@@ -142,8 +142,8 @@ def test_renamed_camera_is_described_and_trains_under_the_runs_name(small_demo, 
     root = dataset_with_camera(tmp_path / "wrist_ds", WRIST)
     rename = parse_rename([f"{WRIST}={CAMERA_KEY}"])
     checked = check_spec(str(root), rename)
-    assert {f.name for f in describe(checked, str(root)).features} >= {CAMERA_KEY}
-    assert WRIST not in {f.name for f in describe(checked, str(root)).features}
+    assert {f.name for f in description(checked, str(root)).features} >= {CAMERA_KEY}
+    assert WRIST not in {f.name for f in description(checked, str(root)).features}
     assert check_spec("demo:p0") is None  # the run's config generates demo datasets
 
     config = load_config(

@@ -12,6 +12,7 @@ from lerobot.policies.smolvla import SmolVLAPolicy
 from torch.utils.data import DataLoader
 
 from zk0.config import ModelConfig, load_config
+from zk0.data import open_source, training_split
 from zk0.errors import Zk0Error
 from zk0.policy import (
     build_policy,
@@ -22,7 +23,6 @@ from zk0.policy import (
     trainable_names,
     trainable_state,
 )
-from zk0.sources import open_source, training_split
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 

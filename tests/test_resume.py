@@ -15,10 +15,10 @@ import pytest
 from test_federation import BIN, client_thread, free_port, metrics, small_config, wait_for
 
 from coordinator.server import CoordinatorServer, ServerOptions
-from participant.client import describe
+from participant.client import description
 from zk0.codec import sha256_hex
 from zk0.config import config_to_toml
-from zk0.sources import open_source
+from zk0.data import open_source
 from zk0.transport import GRPC_OPTIONS
 from zk0.v1 import federation_pb2 as pb
 from zk0.v1 import federation_pb2_grpc as pb_grpc
@@ -165,7 +165,7 @@ def test_resume_after_a_kill_mid_upload_drops_spool_parts_and_a_torn_metrics_lin
     coordinator = subprocess.Popen(
         serve_command(config, tmp_path, run, port), env=ENV, stdout=log.open("w"), stderr=subprocess.STDOUT
     )
-    uploader = StalledUploader(port, describe(open_source("demo:p0", config), "demo:p0"))
+    uploader = StalledUploader(port, description(open_source("demo:p0", config), "demo:p0"))
     try:
         uploader.join_and_start_upload()
         wait_for(lambda: list(run.glob("updates/round-0001/.*.part")), 300, "the upload's spool file")

@@ -16,9 +16,8 @@ from participant.datamodule import BAD_FRAMES_KEY, BadDataError, BadFrame, LeRob
 from participant.lightning_module import RoundPlan, SmolVLAModule
 from participant.local_training import LocalTrainer, resolve_precision
 from zk0.config import load_config
-from zk0.data import open_dataset, resolve_spec
+from zk0.data import open_dataset, open_source, resolve_spec, training_split
 from zk0.policy import build_policy, load_trainable_state, trainable_state
-from zk0.sources import open_source, training_split
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 

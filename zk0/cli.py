@@ -110,7 +110,8 @@ def simulate(
     import threading
 
     from coordinator.server import CoordinatorServer, ServerOptions
-    from participant.client import ClientOptions, ParticipantClient, participant_name
+    from participant.client import ClientOptions, ParticipantClient
+    from zk0.data import dataset_name
     from zk0.interrupts import Interrupted
 
     options = ServerOptions(
@@ -126,7 +127,7 @@ def simulate(
         options = ClientOptions(
             coordinator=f"127.0.0.1:{port}",
             dataset=spec,
-            name=participant_name(spec),
+            name=dataset_name(spec),
             insecure=True,
             device=device,
             progress=progress,
@@ -215,6 +216,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from participant.centralized import run_centralized
     from zk0.compare import Row, score, table, trainable_from, verdict
     from zk0.config import load_config
+    from zk0.data import dataset_name
     from zk0.evaluation import evaluation_setup
     from zk0.policy import resolve_device, trainable_state
     from zk0.reuse import reuse_run_dir
@@ -257,7 +259,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     row = Row("centralized", "centralized", participants * fed.rounds * steps)
     rows.append(score(row, state, bundle, eval_sets, config.eval))
     for spec in config.data.participants:
-        name = spec.removeprefix("demo:").rstrip("/").rsplit("/", 1)[-1]
+        name = dataset_name(spec)
         run, run_config = out / f"local-{name}", variant(f'data.participants=["{spec}"]')
         if reuse_run_dir(run, run_config, "centralized").action != "finished":
             run_centralized(run_config, run, progress=progress, device=device)
@@ -285,8 +287,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from zk0.config import load_config
+    from zk0.data import open_source
     from zk0.demo import ensure_vlm_assets
-    from zk0.sources import open_source
 
     quiet_libraries()  # lerobot's per-video "Using video codec" lines
     overrides = [*args.overrides, f'demo.root="{args.out}"'] if args.out else args.overrides

@@ -1,13 +1,16 @@
-"""Dataset specs (demo name, local directory, hub repo id), LeRobot loading, validation and the episode
-split. Every problem a user can fix becomes one Zk0Error line that names the dataset."""
+"""Everything about a dataset spec (demo name, local directory, hub repo id): what it names
+(`resolve_spec`, `dataset_name`), how it opens and is validated (`open_source`, `check_spec`), how it
+splits (`training_split`) and how it is described at join (`describe`). Every problem a user can fix
+becomes one Zk0Error line that names the dataset."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +29,10 @@ from lerobot.datasets import CODEBASE_VERSION, LeRobotDataset, LeRobotDatasetMet
 from lerobot.utils.constants import DEFAULT_FEATURES, HF_LEROBOT_HUB_CACHE
 
 from zk0 import hub
-from zk0.demo import demo_dataset_dir, demo_repo_id, is_demo_name
+from zk0.config import Config
+from zk0.demo import demo_dataset_dir, demo_repo_id, ensure_demo_dataset, is_demo_name
 from zk0.errors import Zk0Error
+from zk0.rename import disk_names, rename_metadata
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +107,27 @@ def looks_like_path(spec: str) -> bool:
     return "/" in text and str(parent) not in ("", ".") and parent.is_dir()
 
 
+def dataset_name(spec: str) -> str:
+    """The short name a spec goes by (a participant's default name, a dataset's key in metrics and cards):
+    demo:p0 -> p0, owner/name -> name, /data/run-3 -> run-3; a directory's name, never its path."""
+    tail = spec.removeprefix(DEMO_PREFIX).rstrip("/").rsplit("/", 1)[-1]
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", tail).strip("-._")[:64]
+    return cleaned or "participant"
+
+
+def dataset_names(specs: list[str]) -> list[str]:
+    """`dataset_name` of each spec, refused when two specs would go by the same name (one would hide the
+    other in every table keyed by it)."""
+    names = [dataset_name(spec) for spec in specs]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise Zk0Error(
+                f"datasets '{specs[names.index(name)]}' and '{specs[i]}' would both be named '{name}'; "
+                "give each its own directory or repository name"
+            )
+    return names
+
+
 def load_metadata(ref: DatasetRef) -> LeRobotDatasetMetadata:
     """The dataset's metadata (features, fps, stats, episodes), without its frames."""
     if ref.root is not None:
@@ -152,6 +178,116 @@ def split_episodes(total: int, heldout: int) -> tuple[list[int], list[int]]:
         )
     cut = total - heldout
     return list(range(cut)), list(range(cut, total))
+
+
+@dataclass
+class Source:
+    """One opened, validated dataset: its spec, where it is, and its metadata under the run's names."""
+
+    spec: str
+    ref: DatasetRef
+    meta: LeRobotDatasetMetadata  # with `rename` applied: the run's feature names
+    rename: dict[str, str] = field(default_factory=dict)  # the dataset's names -> the run's
+
+    @property
+    def name(self) -> str:
+        return dataset_name(self.spec)
+
+
+def demo_root(config: Config) -> Path:
+    return Path(config.demo.root).expanduser()
+
+
+def check_spec(spec: str, rename: Mapping[str, str] | None = None) -> Source | None:
+    """What can be checked of a dataset before the run's config is known (a participant, before it joins):
+    the spec resolves, and a local or hub dataset is a LeRobot dataset with the required features (after
+    `rename`) and timestamps in sync. None for a demo spec, which the run's config generates."""
+    ref = resolve_spec(spec, Path(".zk0/demo"))  # the demo root only matters for demo specs
+    if ref.is_demo:
+        return None
+    return _opened(ref, rename, expected_fps=None, state_dim=None, action_dim=None)
+
+
+def open_source(spec: str, config: Config, rename: Mapping[str, str] | None = None) -> Source:
+    """Resolve, (generate,) load and validate one dataset, its features renamed by `rename` (a participant's
+    --rename); every problem is a Zk0Error naming it."""
+    root = demo_root(config)
+    ref = resolve_spec(spec, root)
+    if ref.is_demo:
+        demo = config.demo
+        ensure_demo_dataset(
+            root,
+            spec.removeprefix(DEMO_PREFIX),
+            seed=demo.seed,
+            episodes=demo.episodes,
+            frames_per_episode=demo.frames_per_episode,
+            participants=demo.participants,
+        )
+    data = config.data
+    return _opened(ref, rename, expected_fps=data.fps, state_dim=data.state_dim, action_dim=data.action_dim)
+
+
+def _opened(
+    ref: DatasetRef,
+    rename: Mapping[str, str] | None,
+    *,
+    expected_fps: int | None,
+    state_dim: int | None,
+    action_dim: int | None,
+) -> Source:
+    meta = load_metadata(ref)
+    rename = dict(rename or {})
+    rename_metadata(meta, rename, ref.spec)
+    validate(meta, ref, expected_fps=expected_fps, state_dim=state_dim, action_dim=action_dim)
+    return Source(ref.spec, ref, meta, rename)
+
+
+def training_split(
+    source: Source, *, heldout: int, delta_timestamps: dict
+) -> tuple[LeRobotDataset, LeRobotDataset | None]:
+    """The dataset's first episodes for training and its last `heldout` for local evaluation."""
+    train_eps, heldout_eps = split_episodes(source.meta.total_episodes, heldout)
+    delta_timestamps = disk_names(delta_timestamps, source.rename)  # the files keep the dataset's names
+    train = open_dataset(source.ref, episodes=train_eps, delta_timestamps=delta_timestamps)
+    held = (
+        open_dataset(source.ref, episodes=heldout_eps, delta_timestamps=delta_timestamps)
+        if heldout_eps
+        else None
+    )
+    return train, held
+
+
+def describe(meta: LeRobotDatasetMetadata) -> dict[str, Any]:
+    """A dataset's shape, never its data: what a participant sends at join (the coordinator checks it
+    against the run's features) and what a model card lists."""
+    return {
+        "repo_id": meta.repo_id,
+        "episodes": meta.total_episodes,
+        "frames": meta.total_frames,
+        "fps": float(meta.fps),
+        "features": {
+            k: {"dtype": str(v["dtype"]), "shape": [int(n) for n in v["shape"]]}
+            for k, v in meta.features.items()
+        },
+    }
+
+
+def check_same_layout(sources: list[Source]) -> None:
+    """One policy trains on all of them, so their feature layouts must agree."""
+    first = sources[0]
+    for other in sources[1:]:
+        for key in (STATE, ACTION):
+            a, b = first.meta.features[key]["shape"], other.meta.features[key]["shape"]
+            if tuple(a) != tuple(b):
+                raise Zk0Error(
+                    f"dataset {other.spec}: {key} shape {tuple(b)} differs from {first.spec}'s {tuple(a)}"
+                )
+        cams_a = {k for k in first.meta.features if k.startswith(CAMERA_PREFIX)}
+        cams_b = {k for k in other.meta.features if k.startswith(CAMERA_PREFIX)}
+        if cams_a != cams_b:
+            raise Zk0Error(
+                f"dataset {other.spec}: cameras {sorted(cams_b)} differ from {first.spec}'s {sorted(cams_a)}"
+            )
 
 
 def _missing_features(meta: LeRobotDatasetMetadata) -> list[str]:

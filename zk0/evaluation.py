@@ -11,10 +11,9 @@ from lerobot.datasets.factory import resolve_delta_timestamps
 from torch.utils.data import DataLoader, Dataset
 
 from zk0.config import Config, EvalConfig
-from zk0.data import open_dataset
+from zk0.data import check_same_layout, dataset_names, demo_root, open_dataset, open_source
 from zk0.errors import Zk0Error
 from zk0.policy import PolicyBundle, build_policy
-from zk0.sources import check_same_layout, demo_root, open_source
 
 
 @torch.no_grad()
@@ -131,5 +130,9 @@ def evaluation_setup(config: Config, *, device: str) -> tuple[PolicyBundle, dict
     torch.manual_seed(config.seed)  # the tiny demo's frozen backbone and the initial expert come from it
     bundle = build_policy(config.model, first, first.stats, device=device, demo_root=demo_root(config))
     delta = resolve_delta_timestamps(bundle.policy.config, first)
-    datasets = {s.name: open_dataset(s.ref, episodes=None, delta_timestamps=delta) for s in sources}
+    names = dataset_names([s.spec for s in sources])
+    datasets = {
+        n: open_dataset(s.ref, episodes=None, delta_timestamps=delta)
+        for n, s in zip(names, sources, strict=True)
+    }
     return bundle, datasets
