@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,7 @@ from zk0.config import Config
 State = dict[str, torch.Tensor]
 
 _REGISTRY: dict[str, type[Strategy]] = {}
+SORT_BLOCK = 1 << 18  # coordinates sorted at once by the coordinate-wise rules
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,16 @@ def server_step(round_updates: RoundUpdates, result: State, server_lr: float) ->
         return apply_server_lr(base, result, server_lr)
 
 
-def sorted_stack(tensors: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """The tensors stacked along a new first dimension and sorted along it, in `dtype`: row k holds the k-th
-    smallest value of every coordinate (the coordinate-wise rules' order statistics). NaN sorts last."""
-    return torch.stack([t.to(dtype) for t in tensors]).sort(dim=0).values
+def coordinatewise(
+    spec: TensorSpec, tensors: list[torch.Tensor], reduce: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """`reduce` applied to the P values of every coordinate, sorted (row k holds the k-th smallest; NaN sorts
+    last), block by block: the sort's temporaries (values and int64 indices) stay a few MiB per block while
+    the inputs are P x the tensor."""
+    dtype = compute_dtype(spec)
+    flat = [t.reshape(-1) for t in tensors]
+    out = torch.empty(flat[0].numel(), dtype=dtype)
+    for start in range(0, out.numel(), SORT_BLOCK):
+        block = torch.stack([t[start : start + SORT_BLOCK].to(dtype) for t in flat])
+        out[start : start + SORT_BLOCK] = reduce(block.sort(dim=0).values)
+    return cast_like(spec, out.reshape(spec.shape))

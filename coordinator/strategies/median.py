@@ -5,27 +5,30 @@ with an even count the median is the mean of the two middle values."""
 
 from __future__ import annotations
 
+import torch
+
 from coordinator.strategies.base import (
     Aggregate,
     RoundUpdates,
     State,
     Strategy,
-    cast_like,
-    compute_dtype,
+    coordinatewise,
     server_step,
-    sorted_stack,
     tensorwise,
 )
+
+
+def middle(ordered: torch.Tensor) -> torch.Tensor:
+    """The median of each column of sorted rows: the middle row, or the mean of the two middle rows."""
+    count = ordered.shape[0]
+    return ordered[(count - 1) // 2 : count // 2 + 1].mean(dim=0)
 
 
 class Median(Strategy):
     name = "median"
 
     def aggregate(self, round_updates: RoundUpdates) -> Aggregate:
-        result: State = {}
-        for spec, tensors, _ in tensorwise(round_updates):
-            ordered = sorted_stack(tensors, compute_dtype(spec))
-            count = ordered.shape[0]
-            middle = ordered[(count - 1) // 2 : count // 2 + 1].mean(dim=0)
-            result[spec.name] = cast_like(spec, middle)
+        result: State = {
+            spec.name: coordinatewise(spec, tensors, middle) for spec, tensors, _ in tensorwise(round_updates)
+        }
         return Aggregate(server_step(round_updates, result, self.config.federation.server_lr))

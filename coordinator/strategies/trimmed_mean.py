@@ -11,10 +11,8 @@ from coordinator.strategies.base import (
     RoundUpdates,
     State,
     Strategy,
-    cast_like,
-    compute_dtype,
+    coordinatewise,
     server_step,
-    sorted_stack,
     tensorwise,
 )
 
@@ -30,9 +28,9 @@ class TrimmedMean(Strategy):
     def aggregate(self, round_updates: RoundUpdates) -> Aggregate:
         count = len(round_updates.updates)
         cut = trimmed_count(count, self.options.trim_fraction)
-        result: State = {}
-        for spec, tensors, _ in tensorwise(round_updates):
-            ordered = sorted_stack(tensors, compute_dtype(spec))
-            result[spec.name] = cast_like(spec, ordered[cut : count - cut].mean(dim=0))
+        result: State = {
+            spec.name: coordinatewise(spec, tensors, lambda ordered: ordered[cut : count - cut].mean(dim=0))
+            for spec, tensors, _ in tensorwise(round_updates)
+        }
         stats = {"trimmed_each_end": cut, "updates": count}
         return Aggregate(server_step(round_updates, result, self.config.federation.server_lr), stats)
