@@ -31,12 +31,12 @@ def child(kind: str, steps: int, warmup: int, demo: Path) -> dict:
     from lerobot.utils.logging_utils import AverageMeter, MetricsTracker
     from torch.utils.data import DataLoader
 
-    from participant.datamodule import LeRobotDataModule
-    from participant.lightning_module import RoundPlan, SmolVLAModule
-    from participant.local_training import LocalTrainer
     from zk0.config import load_config
     from zk0.policy import build_policy
     from zk0.sources import open_source, training_split
+    from zk0.training.datamodule import LeRobotDataModule
+    from zk0.training.lightning_module import RoundPlan, SmolVLAModule
+    from zk0.training.local_training import LocalTrainer
 
     torch.set_num_threads(1)
     config = load_config(ROOT / "configs/demo.toml", [f'demo.root="{demo}"', "train.device=cpu"])

@@ -18,9 +18,6 @@ from lerobot.datasets.compute_stats import aggregate_stats
 from lerobot.datasets.factory import resolve_delta_timestamps
 from torch.utils.data import ConcatDataset
 
-from participant.datamodule import LeRobotDataModule
-from participant.lightning_module import RoundPlan, SmolVLAModule
-from participant.local_training import LocalTrainer
 from zk0.codec import encode_state, sha256_hex
 from zk0.config import Config, config_to_toml
 from zk0.errors import Zk0Error
@@ -38,6 +35,9 @@ from zk0.report import model_card, write_charts
 from zk0.reuse import reuse_run_dir
 from zk0.rundir import RunDir
 from zk0.sources import Source, check_same_layout, demo_root, open_source, training_split
+from zk0.training.datamodule import LeRobotDataModule
+from zk0.training.lightning_module import RoundPlan, SmolVLAModule
+from zk0.training.local_training import LocalTrainer
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,6 @@ import torch
 from lerobot.datasets.factory import resolve_delta_timestamps
 
 from participant.connection import diagnose, parse_address
-from participant.datamodule import LeRobotDataModule
-from participant.lightning_module import RoundPlan, SmolVLAModule
-from participant.local_training import LocalTrainer
 from zk0.codec import (
     ChunkAssembler,
     Manifest,
@@ -42,6 +39,9 @@ from zk0.normalization import stats_from_json, with_shared
 from zk0.policy import build_policy, frozen_fingerprint, load_trainable_state, resolve_device, trainable_state
 from zk0.rename import rename_batches
 from zk0.sources import Source, check_spec, demo_root, open_source, training_split
+from zk0.training.datamodule import LeRobotDataModule
+from zk0.training.lightning_module import RoundPlan, SmolVLAModule
+from zk0.training.local_training import LocalTrainer
 from zk0.transport import GRPC_OPTIONS, channel_credentials, is_loopback, token_metadata
 from zk0.v1 import federation_pb2 as pb
 from zk0.v1 import federation_pb2_grpc as pb_grpc
