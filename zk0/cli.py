@@ -77,7 +77,7 @@ def default_run_dir(kind: str) -> Path:
 
 
 def cmd_centralized(args: argparse.Namespace) -> int:
-    from participant.centralized import run_centralized
+    from zk0.centralized import run_centralized
     from zk0.config import load_config
 
     quiet_libraries()
@@ -212,7 +212,7 @@ def print_eval_table(history: list[dict]) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     import json
 
-    from participant.centralized import run_centralized
+    from zk0.centralized import run_centralized
     from zk0.compare import Row, score, table, trainable_from, verdict
     from zk0.config import load_config
     from zk0.evaluation import evaluation_setup

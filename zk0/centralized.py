@@ -1,4 +1,4 @@
-"""The centralized baseline: the participant's trainer on the union of every participant's data.
+"""The centralized baseline: the trainer (zk0.training) on the union of every participant's data.
 
 It uses a federated run's budget: the same samples (batches of participants x batch_size) over the same
 optimizer steps (rounds x local_steps, in rounds of local_steps with the LR schedule restarting each round),
