@@ -13,9 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 from lerobot.datasets.compute_stats import aggregate_stats
-from lerobot.datasets.factory import resolve_delta_timestamps
 from torch.utils.data import ConcatDataset
 
 from zk0.codec import encode_state, sha256_hex
@@ -25,7 +23,6 @@ from zk0.evaluation import describe_eval, evaluate_all, evaluation_setup
 from zk0.normalization import with_shared
 from zk0.policy import (
     PolicyBundle,
-    build_policy,
     export_pretrained,
     load_trainable_state,
     resolve_device,
@@ -34,10 +31,11 @@ from zk0.policy import (
 from zk0.report import model_card, write_charts
 from zk0.reuse import reuse_run_dir
 from zk0.rundir import RunDir
-from zk0.sources import Source, check_same_layout, demo_root, open_source, training_split
+from zk0.sources import Source, check_same_layout, open_source
 from zk0.training.datamodule import LeRobotDataModule
 from zk0.training.lightning_module import RoundPlan, SmolVLAModule
 from zk0.training.local_training import LocalTrainer
+from zk0.training.runtime import build_runtime
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +65,12 @@ def run_centralized(
     stats = aggregate_stats([s.meta.stats for s in sources])
     if config.data.normalization == "coordinator":  # as a federated run of this config would normalize
         stats = with_shared(stats, eval_sources[0].meta.stats)
-    torch.manual_seed(config.seed)  # the same initial model as a federated run of this config
-    bundle = build_policy(config.model, sources[0].meta, stats, device=device, demo_root=demo_root(config))
-    delta = resolve_delta_timestamps(bundle.policy.config, sources[0].meta)
-
-    train_sets, heldout_sets = [], {}
-    for source in sources:
-        train, held = training_split(source, heldout=config.data.heldout_episodes, delta_timestamps=delta)
-        train_sets.append(train)
-        if held is not None:
-            heldout_sets[source.name] = held
+    # seeded as a federated run of this config is: the same initial model
+    built = build_runtime(config, sources, stats, device=device, heldout=config.data.heldout_episodes)
+    bundle, heldout_sets = built.bundle, built.heldout
 
     datamodule = LeRobotDataModule(
-        ConcatDataset(train_sets),
+        ConcatDataset(built.datasets),
         batch_size=config.train.batch_size * len(sources),
         num_workers=config.data.num_workers,
     )
