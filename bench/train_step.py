@@ -26,26 +26,23 @@ def child(kind: str, steps: int, warmup: int, demo: Path) -> dict:
     import lightning as L
     import torch
     from accelerate import Accelerator
-    from lerobot.datasets.factory import resolve_delta_timestamps
     from lerobot.scripts.lerobot_train import update_policy
     from lerobot.utils.logging_utils import AverageMeter, MetricsTracker
     from torch.utils.data import DataLoader
 
-    from participant.datamodule import LeRobotDataModule
-    from participant.lightning_module import RoundPlan, SmolVLAModule
-    from participant.local_training import LocalTrainer
     from zk0.config import load_config
-    from zk0.data import open_source, training_split
-    from zk0.policy import build_policy
+    from zk0.data import open_source
+    from zk0.training.datamodule import LeRobotDataModule
+    from zk0.training.lightning_module import RoundPlan, SmolVLAModule
+    from zk0.training.local_training import LocalTrainer
+    from zk0.training.runtime import build_runtime
 
     torch.set_num_threads(1)
     config = load_config(ROOT / "configs/demo.toml", [f'demo.root="{demo}"', "train.device=cpu"])
     source = open_source("demo:p0", config)
-    torch.manual_seed(0)
-    bundle = build_policy(config.model, source.meta, source.meta.stats, device="cpu", demo_root=demo)
-    delta = resolve_delta_timestamps(bundle.policy.config, source.meta)
-    train, _ = training_split(source, heldout=1, delta_timestamps=delta)
-    dm = LeRobotDataModule(train, batch_size=config.train.batch_size, num_workers=0)
+    built = build_runtime(config, [source], source.meta.stats, device="cpu", heldout=1)  # seeds torch
+    bundle = built.bundle
+    dm = LeRobotDataModule(built.datasets[0], batch_size=config.train.batch_size, num_workers=0)
     batch = next(iter(dm.train_dataloader()))
     total = steps + warmup
 

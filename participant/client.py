@@ -17,13 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import torch
-from lerobot.datasets.factory import resolve_delta_timestamps
 
 from participant.connection import diagnose, parse_address
-from participant.datamodule import LeRobotDataModule
-from participant.lightning_module import RoundPlan, SmolVLAModule
-from participant.local_training import LocalTrainer
 from zk0.codec import (
     ChunkAssembler,
     Manifest,
@@ -34,13 +29,16 @@ from zk0.codec import (
     sha256_hex,
 )
 from zk0.config import Config, load_config_text
-from zk0.data import Source, check_spec, demo_root, describe, open_source, training_split
+from zk0.data import Source, check_spec, describe, open_source
 from zk0.errors import Zk0Error
 from zk0.evaluation import evaluate
 from zk0.interrupts import STOP, Interrupted, check
 from zk0.normalization import stats_from_json, with_shared
-from zk0.policy import build_policy, frozen_fingerprint, load_trainable_state, resolve_device, trainable_state
-from zk0.rename import rename_batches
+from zk0.policy import frozen_fingerprint, load_trainable_state, resolve_device, trainable_state
+from zk0.training.datamodule import LeRobotDataModule
+from zk0.training.lightning_module import RoundPlan, SmolVLAModule
+from zk0.training.local_training import LocalTrainer
+from zk0.training.runtime import build_runtime
 from zk0.transport import GRPC_OPTIONS, channel_credentials, is_loopback, token_metadata
 from zk0.v1 import federation_pb2 as pb
 from zk0.v1 import federation_pb2_grpc as pb_grpc
@@ -97,18 +95,12 @@ class ParticipantRuntime:
         self.config = config
         self.source = source
         stats = with_shared(source.meta.stats, shared_stats) if shared_stats else source.meta.stats
-        torch.manual_seed(config.seed)  # the tiny demo's frozen backbone is this seed's random init
-        self.bundle = build_policy(
-            config.model, source.meta, stats, device=device, demo_root=demo_root(config)
-        )
-        rename_batches(self.bundle.preprocessor, source.rename)
-        delta = resolve_delta_timestamps(self.bundle.policy.config, source.meta)
-        train, self.heldout = training_split(
-            source, heldout=config.data.heldout_episodes, delta_timestamps=delta
-        )
+        built = build_runtime(config, [source], stats, device=device, heldout=config.data.heldout_episodes)
+        self.bundle = built.bundle
+        self.heldout = built.heldout.get(source.name)
         module = SmolVLAModule(self.bundle, config.train, source=source.spec)
         datamodule = LeRobotDataModule(
-            train, batch_size=config.train.batch_size, num_workers=config.data.num_workers
+            built.datasets[0], batch_size=config.train.batch_size, num_workers=config.data.num_workers
         )
         self.trainer = LocalTrainer(
             module, datamodule, device=device, precision=config.train.precision, progress=progress, stop=stop

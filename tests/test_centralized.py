@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.server import CoordinatorServer, ServerOptions
-from participant.centralized import run_centralized
+from zk0.centralized import run_centralized
 from zk0.config import load_config
 
 ROOT = Path(__file__).parent.parent

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from participant.datamodule import LeRobotDataModule
-from zk0.cli import simulate
 from zk0.config import load_config
+from zk0.simulate import simulate
+from zk0.training.datamodule import LeRobotDataModule
 
 ROOT = Path(__file__).parent.parent
 

@@ -14,9 +14,9 @@ import torch
 
 from coordinator.server import CoordinatorServer, ServerOptions
 from participant.client import ClientOptions, ParticipantClient
-from zk0.cli import simulate
 from zk0.codec import decode_state, sha256_hex
 from zk0.config import config_to_toml, load_config
+from zk0.simulate import simulate
 
 ROOT = Path(__file__).parent.parent
 BIN = Path(sys.executable).parent

@@ -1,5 +1,6 @@
 """The dependency direction: coordinator/ and participant/ build on zk0/, never on each other, and zk0/
-imports neither (except zk0/cli.py, the composition root). Read from the source, so it cannot drift."""
+imports neither, except zk0/simulate.py, which runs both in one process (zk0 compare reaches them through
+it; zk0/cli.py only parses and calls). Read from the source, so it cannot drift."""
 
 import ast
 import subprocess
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parent.parent
+# The one module of zk0/ that may import coordinator/ and participant/: it wires them together.
+ORCHESTRATORS = {ROOT / "zk0" / "simulate.py"}
 
 
 def imported_packages(path: Path) -> set[str]:
@@ -19,6 +22,26 @@ def imported_packages(path: Path) -> set[str]:
             names.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module.split(".")[0])
+    return names
+
+
+PROTOCOL = {"grpc", "zk0.v1", "zk0.transport", "coordinator", "participant"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every dotted prefix of every absolute import (`from zk0.v1 import x` -> zk0, zk0.v1, zk0.v1.x)."""
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        for module in modules:
+            parts = module.split(".")
+            names.update(".".join(parts[: i + 1]) for i in range(len(parts)))
     return names
 
 
@@ -34,7 +57,23 @@ def test_imports_run_one_way(package, forbidden):
     offenders = [
         f"{path.relative_to(ROOT)} imports {sorted(imported_packages(path) & forbidden)}"
         for path in sorted((ROOT / package).rglob("*.py"))
-        if path != ROOT / "zk0" / "cli.py" and imported_packages(path) & forbidden
+        if path not in ORCHESTRATORS and imported_packages(path) & forbidden
+    ]
+    assert not offenders
+
+
+def test_only_the_orchestrator_imports_both_sides():
+    both = {"coordinator", "participant"}
+    assert {p for p in (ROOT / "zk0").rglob("*.py") if imported_packages(p) & both} == ORCHESTRATORS
+    assert imported_packages(ROOT / "zk0" / "simulate.py") >= both
+
+
+def test_the_trainer_library_knows_no_protocol():
+    """zk0/training/ trains and evaluates a policy; the wire (gRPC, the generated stubs) is the callers'."""
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {sorted(imported_modules(path) & PROTOCOL)}"
+        for path in sorted((ROOT / "zk0" / "training").rglob("*.py"))
+        if imported_modules(path) & PROTOCOL
     ]
     assert not offenders
 

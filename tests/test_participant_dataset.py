@@ -17,12 +17,12 @@ import pytest
 from lerobot.datasets import LeRobotDataset
 
 from participant.client import ParticipantRuntime, description
-from participant.lightning_module import RoundPlan
 from zk0.config import load_config
 from zk0.data import check_spec, open_source
 from zk0.demo import CAMERA_KEY, demo_features, demo_tasks
 from zk0.errors import Zk0Error
 from zk0.rename import parse_rename
+from zk0.training.lightning_module import RoundPlan
 
 ROOT = Path(__file__).parent.parent
 PARTICIPANT = str(Path(sys.executable).parent / "zk0-participant")

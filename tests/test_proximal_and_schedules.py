@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from participant.proximal import distance, proximal_term, snapshot
-from participant.schedules import ScheduleSpec, make_scheduler
+from zk0.training.proximal import distance, proximal_term, snapshot
+from zk0.training.schedules import ScheduleSpec, make_scheduler
 
 
 def test_proximal_loss_and_gradient_equal_the_formula():

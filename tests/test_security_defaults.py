@@ -179,8 +179,8 @@ def test_push_creates_a_private_repository_unless_told_public(fake_hub, tmp_path
 @pytest.mark.slow
 def test_simulate_public_flag_reaches_the_repository_it_creates(fake_hub, demo_root, tmp_path):
     """`zk0 simulate --public` down to the hub call: the run trains, then creates a public repository."""
-    from zk0.cli import simulate
     from zk0.config import load_config
+    from zk0.simulate import simulate
 
     FakeHubHandler.whoami = {"name": "someone", "orgs": [], "auth": {"accessToken": {"role": "write"}}}
     config = load_config(

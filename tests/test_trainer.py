@@ -12,12 +12,12 @@ from lerobot.datasets.factory import resolve_delta_timestamps
 from lerobot.scripts.lerobot_train import update_policy
 from lerobot.utils.logging_utils import AverageMeter, MetricsTracker
 
-from participant.datamodule import BAD_FRAMES_KEY, BadDataError, BadFrame, LeRobotDataModule
-from participant.lightning_module import RoundPlan, SmolVLAModule
-from participant.local_training import LocalTrainer, resolve_precision
 from zk0.config import load_config
 from zk0.data import open_dataset, open_source, resolve_spec, training_split
 from zk0.policy import build_policy, load_trainable_state, trainable_state
+from zk0.training.datamodule import BAD_FRAMES_KEY, BadDataError, BadFrame, LeRobotDataModule
+from zk0.training.lightning_module import RoundPlan, SmolVLAModule
+from zk0.training.local_training import LocalTrainer, resolve_precision
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 

@@ -1,5 +1,5 @@
-"""`zk0`: the command line. This module is the composition root: the one place in zk0/ allowed to import
-coordinator/ and participant/, and only inside the subcommands that wire them together."""
+"""`zk0`: the command line. It only parses arguments and calls: the runs themselves live in zk0.simulate,
+zk0.centralized and zk0.compare_runs (imported inside each subcommand, so `zk0 --help` stays quick)."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def default_run_dir(kind: str) -> Path:
 
 
 def cmd_centralized(args: argparse.Namespace) -> int:
-    from participant.centralized import run_centralized
+    from zk0.centralized import run_centralized
     from zk0.config import load_config
 
     quiet_libraries()
@@ -89,79 +89,6 @@ def cmd_centralized(args: argparse.Namespace) -> int:
     print_eval_table(history)
     print(f"run directory: {run_dir}")
     return 0
-
-
-def simulate(
-    config,
-    run_dir: Path,
-    *,
-    device: str,
-    progress: bool,
-    push_to_hub: str | None = None,
-    public: bool = False,
-) -> list[dict]:
-    """The coordinator's gRPC server on 127.0.0.1 (ephemeral port) and one participant client per configured
-    dataset, each in a thread of this process, training one after another on the one device.
-
-    An interrupt (or any error) in the waiting main thread stops the server and sets `stop`, which every
-    participant thread checks each batch and between RPCs; the threads are joined before it propagates, so
-    no thread is left inside torch or gRPC at exit. The run directory keeps the last completed round."""
-    import logging
-    import threading
-
-    from coordinator.server import CoordinatorServer, ServerOptions
-    from participant.client import ClientOptions, ParticipantClient
-    from zk0.data import dataset_name
-    from zk0.interrupts import Interrupted
-
-    options = ServerOptions(
-        host="127.0.0.1", insecure=True, device=device, push_to_hub=push_to_hub, public=public
-    )
-    server = CoordinatorServer(config, run_dir, options)
-    port = server.start()
-    train_lock = threading.Lock()
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def take_part(spec: str) -> None:
-        options = ClientOptions(
-            coordinator=f"127.0.0.1:{port}",
-            dataset=spec,
-            name=dataset_name(spec),
-            insecure=True,
-            device=device,
-            progress=progress,
-            give_up_s=30.0,
-        )
-        try:
-            ParticipantClient(options, train_lock=train_lock, stop=stop).run()
-        except Interrupted:
-            return  # the main thread is stopping the run and reports it
-        except Exception as e:  # noqa: BLE001 - reported; the run stops once no participant is left
-            logging.getLogger("zk0.simulate").error("participant %s failed: %s", spec, e)
-            errors.append(e)
-            if len(errors) == len(config.data.participants):
-                server.stop_event.set()
-
-    threads = [
-        threading.Thread(target=take_part, args=(spec,), name=f"zk0-participant-{i}", daemon=True)
-        for i, spec in enumerate(config.data.participants)
-    ]
-    for thread in threads:
-        thread.start()
-    try:
-        server.wait()
-    except BaseException:
-        stop.set()
-        server.stop()
-        raise
-    finally:
-        stop.set()  # the run is over: a participant still waiting for a task need not wait out its lease
-        for thread in threads:
-            thread.join(timeout=60)
-    if errors and len(errors) == len(threads):
-        raise errors[0]
-    return server.store.run.read_metrics()
 
 
 def finished(run_dir: Path, config, kind: str, overwrite: bool) -> bool:
@@ -177,6 +104,7 @@ def finished(run_dir: Path, config, kind: str, overwrite: bool) -> bool:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from zk0.config import load_config
+    from zk0.simulate import simulate
 
     quiet_libraries()
     config = load_config(args.config, args.overrides)
@@ -211,75 +139,15 @@ def print_eval_table(history: list[dict]) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    import json
-
-    from participant.centralized import run_centralized
-    from zk0.compare import Row, score, table, trainable_from, verdict
+    from zk0.compare_runs import run_compare
     from zk0.config import load_config
-    from zk0.data import dataset_name
-    from zk0.evaluation import evaluation_setup
-    from zk0.policy import resolve_device, trainable_state
-    from zk0.reuse import reuse_run_dir
-    from zk0.rundir import CONFIG_FILE, RunDir
 
     quiet_libraries()
     config = load_config(args.config, args.overrides)
     out = args.out or default_run_dir("compare")
     if finished(out, config, "compare", args.overwrite):
         return 0
-    if not (out / CONFIG_FILE).exists():
-        RunDir.create(out, config, kind="compare")
-    device = resolve_device(args.device or config.train.device)
-    progress = not args.no_progress
-    fed, steps = config.federation, config.train.local_steps * config.train.batch_size  # samples/round
-    participants = len(config.data.participants)
-
-    def variant(*overrides: str):
-        return load_config(args.config, [*args.overrides, *overrides])
-
-    bundle, eval_sets = evaluation_setup(config, device=device)
-    rows = [
-        score(
-            Row("initial model", "initial", 0), trainable_state(bundle.policy), bundle, eval_sets, config.eval
-        )
-    ]
-    for strategy in ("fedavg", "fedprox"):
-        run, run_config = out / strategy, variant(f'federation.strategy="{strategy}"')
-        if reuse_run_dir(run, run_config, "federated").action == "finished":  # a resumed comparison
-            history = RunDir(run).read_metrics()
-        else:
-            history = simulate(run_config, run, device=device, progress=progress)
-        last = max(e["round"] for e in history if "version" in e)
-        state = trainable_from(run / "models" / f"round-{last:04d}.safetensors", bundle.policy)
-        row = Row(f"federated {strategy}", "federated", participants * fed.rounds * steps)
-        rows.append(score(row, state, bundle, eval_sets, config.eval))
-    if reuse_run_dir(out / "centralized", config, "centralized").action != "finished":
-        run_centralized(config, out / "centralized", progress=progress, device=device)
-    state = trainable_from(out / "centralized" / "final" / "model.safetensors", bundle.policy)
-    row = Row("centralized", "centralized", participants * fed.rounds * steps)
-    rows.append(score(row, state, bundle, eval_sets, config.eval))
-    for spec in config.data.participants:
-        name = dataset_name(spec)
-        run, run_config = out / f"local-{name}", variant(f'data.participants=["{spec}"]')
-        if reuse_run_dir(run, run_config, "centralized").action != "finished":
-            run_centralized(run_config, run, progress=progress, device=device)
-        state = trainable_from(run / "final" / "model.safetensors", bundle.policy)
-        rows.append(
-            score(Row(f"{name} alone", "local", fed.rounds * steps), state, bundle, eval_sets, config.eval)
-        )
-
-    checks = verdict(rows)
-    report = (
-        table(rows) + "\n\n" + "\n".join(f"- [{'x' if ok else ' '}] {text}" for ok, text in checks) + "\n"
-    )
-    (out / "compare.md").write_text(report)
-    (out / "compare.json").write_text(
-        json.dumps(
-            {"rows": [vars(r) for r in rows], "checks": [{"held": ok, "check": t} for ok, t in checks]},
-            indent=2,
-        )
-    )
-    RunDir(out).mark_finished()
+    report = run_compare(args.config, args.overrides, out, device=args.device, progress=not args.no_progress)
     print("\n" + report)
     print(f"written to {out / 'compare.md'}")
     return 0

@@ -7,13 +7,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from lerobot.datasets.factory import resolve_delta_timestamps
 from torch.utils.data import DataLoader, Dataset
 
 from zk0.config import Config, EvalConfig
-from zk0.data import check_same_layout, dataset_names, demo_root, open_dataset, open_source
+from zk0.data import check_same_layout, dataset_names, open_source
 from zk0.errors import Zk0Error
-from zk0.policy import PolicyBundle, build_policy
+from zk0.policy import PolicyBundle
+from zk0.training.runtime import build_runtime
 
 
 @torch.no_grad()
@@ -122,17 +122,10 @@ def describe_eval(entry: Mapping) -> str:
 def evaluation_setup(config: Config, *, device: str) -> tuple[PolicyBundle, dict[str, Dataset]]:
     """The coordinator's evaluation policy and datasets: the config's seeded initial model (the round-0
     global model), normalized with the first evaluation dataset's statistics."""
+    dataset_names(config.data.eval)  # two specs of one name would overwrite each other's results
     sources = [open_source(spec, config) for spec in config.data.eval]
     if not sources:
         raise Zk0Error("data.eval: at least one evaluation dataset is required")
     check_same_layout(sources)
-    first = sources[0].meta
-    torch.manual_seed(config.seed)  # the tiny demo's frozen backbone and the initial expert come from it
-    bundle = build_policy(config.model, first, first.stats, device=device, demo_root=demo_root(config))
-    delta = resolve_delta_timestamps(bundle.policy.config, first)
-    names = dataset_names([s.spec for s in sources])
-    datasets = {
-        n: open_dataset(s.ref, episodes=None, delta_timestamps=delta)
-        for n, s in zip(names, sources, strict=True)
-    }
-    return bundle, datasets
+    built = build_runtime(config, sources, sources[0].meta.stats, device=device, heldout=None)
+    return built.bundle, {s.name: dataset for s, dataset in zip(sources, built.datasets, strict=True)}

@@ -14,9 +14,9 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
-from participant.datamodule import LeRobotDataModule
-from participant.lightning_module import RoundPlan, SmolVLAModule
 from zk0.interrupts import check
+from zk0.training.datamodule import LeRobotDataModule
+from zk0.training.lightning_module import RoundPlan, SmolVLAModule
 
 
 @dataclass

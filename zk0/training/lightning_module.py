@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 import lightning as L
 import torch
 
-from participant.datamodule import BAD_FRAMES_KEY, BadFrameCounter
-from participant.proximal import distance, proximal_term, snapshot
-from participant.schedules import PLATEAU_MONITOR, ScheduleSpec, make_scheduler
 from zk0.config import TrainConfig
 from zk0.policy import PolicyBundle
+from zk0.training.datamodule import BAD_FRAMES_KEY, BadFrameCounter
+from zk0.training.proximal import distance, proximal_term, snapshot
+from zk0.training.schedules import PLATEAU_MONITOR, ScheduleSpec, make_scheduler
 
 
 @dataclass

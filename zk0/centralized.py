@@ -1,4 +1,4 @@
-"""The centralized baseline: the participant's trainer on the union of every participant's data.
+"""The centralized baseline: the trainer (zk0.training) on the union of every participant's data.
 
 It uses a federated run's budget: the same samples (batches of participants x batch_size) over the same
 optimizer steps (rounds x local_steps, in rounds of local_steps with the LR schedule restarting each round),
@@ -13,31 +13,23 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 from lerobot.datasets.compute_stats import aggregate_stats
-from lerobot.datasets.factory import resolve_delta_timestamps
 from torch.utils.data import ConcatDataset
 
-from participant.datamodule import LeRobotDataModule
-from participant.lightning_module import RoundPlan, SmolVLAModule
-from participant.local_training import LocalTrainer
 from zk0.codec import encode_state, sha256_hex
 from zk0.config import Config, config_to_toml
 from zk0.data import (
     Source,
     check_same_layout,
     dataset_names,
-    demo_root,
     describe,
     open_source,
-    training_split,
 )
 from zk0.errors import Zk0Error
 from zk0.evaluation import describe_eval, evaluate_all, evaluation_setup
 from zk0.normalization import with_shared
 from zk0.policy import (
     PolicyBundle,
-    build_policy,
     export_pretrained,
     load_trainable_state,
     resolve_device,
@@ -46,6 +38,10 @@ from zk0.policy import (
 from zk0.report import model_card, write_charts
 from zk0.reuse import reuse_run_dir
 from zk0.rundir import RunDir
+from zk0.training.datamodule import LeRobotDataModule
+from zk0.training.lightning_module import RoundPlan, SmolVLAModule
+from zk0.training.local_training import LocalTrainer
+from zk0.training.runtime import build_runtime
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +60,7 @@ def run_centralized(
     if reuse.action == "finished":
         raise Zk0Error(reuse.message)
     device = resolve_device(device or config.train.device)
-    names = dataset_names(config.data.participants)
+    dataset_names(config.data.participants)  # two specs of one name would share every table row
     sources = [open_source(spec, config) for spec in config.data.participants]
     eval_sources = [open_source(spec, config) for spec in config.data.eval]
     check_same_layout(sources + eval_sources)
@@ -76,19 +72,12 @@ def run_centralized(
     stats = aggregate_stats([s.meta.stats for s in sources])
     if config.data.normalization == "coordinator":  # as a federated run of this config would normalize
         stats = with_shared(stats, eval_sources[0].meta.stats)
-    torch.manual_seed(config.seed)  # the same initial model as a federated run of this config
-    bundle = build_policy(config.model, sources[0].meta, stats, device=device, demo_root=demo_root(config))
-    delta = resolve_delta_timestamps(bundle.policy.config, sources[0].meta)
-
-    train_sets, heldout_sets = [], {}
-    for name, source in zip(names, sources, strict=True):
-        train, held = training_split(source, heldout=config.data.heldout_episodes, delta_timestamps=delta)
-        train_sets.append(train)
-        if held is not None:
-            heldout_sets[name] = held
+    # seeded as a federated run of this config is: the same initial model
+    built = build_runtime(config, sources, stats, device=device, heldout=config.data.heldout_episodes)
+    bundle, heldout_sets = built.bundle, built.heldout
 
     datamodule = LeRobotDataModule(
-        ConcatDataset(train_sets),
+        ConcatDataset(built.datasets),
         batch_size=config.train.batch_size * len(sources),
         num_workers=config.data.num_workers,
     )
