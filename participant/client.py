@@ -37,7 +37,7 @@ from zk0.normalization import stats_from_json, with_shared
 from zk0.policy import frozen_fingerprint, load_trainable_state, resolve_device, trainable_state
 from zk0.training.datamodule import LeRobotDataModule
 from zk0.training.lightning_module import RoundPlan, SmolVLAModule
-from zk0.training.local_training import LocalTrainer
+from zk0.training.local_training import LocalTrainer, RoundResult
 from zk0.training.runtime import build_runtime
 from zk0.transport import GRPC_OPTIONS, channel_credentials, is_loopback, token_metadata
 from zk0.v1 import federation_pb2 as pb
@@ -428,10 +428,7 @@ class ParticipantClient:
                     "report evaluation",
                 )
             log.info("%s: round %d, %d steps at lr %g, mu %g", name, task.round, hp.local_steps, hp.lr, hp.mu)
-            result = runtime.trainer.train_round(
-                RoundPlan(lr=hp.lr, mu=hp.mu, steps=hp.local_steps), seed=hp.seed
-            )
-            payload = encode_state(trainable_state(runtime.bundle.policy))
+            result, payload = self.local_update(runtime, hp)
         metrics = {**result.as_dict(), "mu": hp.mu, "lr": hp.lr}  # what we were sent, for the record
         header = pb.UpdateHeader(
             participant_id=name,
@@ -462,6 +459,13 @@ class ParticipantClient:
             )
         else:
             log.warning("%s: round %d update refused: %s", name, task.round, reply.reason)
+
+    def local_update(self, runtime: ParticipantRuntime, hp: pb.Hyperparameters) -> tuple[RoundResult, bytes]:
+        """Train the loaded global model for one round; (the result, the encoded update to upload)."""
+        result = runtime.trainer.train_round(
+            RoundPlan(lr=hp.lr, mu=hp.mu, steps=hp.local_steps), seed=hp.seed
+        )
+        return result, encode_state(trainable_state(runtime.bundle.policy))
 
     def _upload_messages(self, header: pb.UpdateHeader, payload: bytes) -> Iterator[pb.UploadUpdateRequest]:
         yield pb.UploadUpdateRequest(header=header)

@@ -52,9 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "compare",
-        help="federated (FedAvg, FedProx) vs centralized vs each participant alone, equal step budgets",
+        help="federated (FedAvg, FedProx, ...) vs centralized vs each participant alone, equal step budgets",
     )
     add_config_args(p)
+    p.add_argument(
+        "--strategies",
+        type=strategy_list,
+        default=("fedavg", "fedprox"),
+        help="comma-separated strategies to train, one federated row each (default: fedavg,fedprox;"
+        " fedadam/fedyogi run with federation.server_lr = 1, as they step with strategy.eta)",
+    )
     p.add_argument(
         "--out", type=Path, help="where to write the runs and the table (default: runs/compare-<time>)"
     )
@@ -138,6 +145,16 @@ def print_eval_table(history: list[dict]) -> None:
         print(f"  {entry['round']:>5}  {ev['composite']['loss']:>9.4f}  {mae:>10.4f}  {per}")
 
 
+def strategy_list(text: str) -> tuple[str, ...]:
+    from zk0.config import STRATEGIES
+
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in STRATEGIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or text!r}: not among {', '.join(STRATEGIES)}")
+    return names
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from zk0.compare_runs import run_compare
     from zk0.config import load_config
@@ -147,7 +164,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = args.out or default_run_dir("compare")
     if finished(out, config, "compare", args.overwrite):
         return 0
-    report = run_compare(args.config, args.overrides, out, device=args.device, progress=not args.no_progress)
+    report = run_compare(
+        args.config,
+        args.overrides,
+        out,
+        device=args.device,
+        progress=not args.no_progress,
+        strategies=args.strategies,
+    )
     print("\n" + report)
     print(f"written to {out / 'compare.md'}")
     return 0

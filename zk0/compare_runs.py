@@ -1,10 +1,11 @@
-"""`zk0 compare`: trains every model of the learning-quality comparison (federated FedAvg and FedProx,
+"""`zk0 compare`: trains every model of the learning-quality comparison (federated, one run per strategy,
 centralized, each participant alone) under one output directory, each run resumable, and scores them all
 with zk0.compare."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from zk0.centralized import run_centralized
@@ -25,10 +26,12 @@ def run_compare(
     *,
     device: str | None = None,
     progress: bool = True,
+    strategies: Sequence[str] = ("fedavg", "fedprox"),
 ) -> str:
     """Train (or, resuming, reuse) every run under `out`, write compare.md and compare.json, mark `out`
     finished; returns the report. Each variant is the config file with `overrides` and its own ones on top.
-    `device` overrides train.device."""
+    `device` overrides train.device. One federated run per strategy; fedadam/fedyogi run with
+    federation.server_lr = 1 (they step with strategy.eta, and the config refuses a server_lr they ignore)."""
     config = load_config(config_path, overrides)
     if not (out / CONFIG_FILE).exists():
         RunDir.create(out, config, kind="compare")
@@ -45,8 +48,9 @@ def run_compare(
             Row("initial model", "initial", 0), trainable_state(bundle.policy), bundle, eval_sets, config.eval
         )
     ]
-    for strategy in ("fedavg", "fedprox"):
-        run, run_config = out / strategy, variant(f'federation.strategy="{strategy}"')
+    for strategy in strategies:
+        optimizer = ["federation.server_lr=1.0"] if strategy in ("fedadam", "fedyogi") else []
+        run, run_config = out / strategy, variant(f'federation.strategy="{strategy}"', *optimizer)
         if reuse_run_dir(run, run_config, "federated").action == "finished":  # a resumed comparison
             history = RunDir(run).read_metrics()
         else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from coordinator.server import CoordinatorServer, ServerOptions
@@ -25,13 +26,16 @@ def simulate(
     progress: bool,
     push_to_hub: str | None = None,
     public: bool = False,
+    make_client: Callable[..., ParticipantClient] = ParticipantClient,
 ) -> list[dict]:
     """The coordinator's gRPC server on 127.0.0.1 (ephemeral port) and one participant client per configured
     dataset, each in a thread of this process, training one after another on the one device.
 
     An interrupt (or any error) in the waiting main thread stops the server and sets `stop`, which every
     participant thread checks each batch and between RPCs; the threads are joined before it propagates, so
-    no thread is left inside torch or gRPC at exit. The run directory keeps the last completed round."""
+    no thread is left inside torch or gRPC at exit. The run directory keeps the last completed round.
+    `make_client(options, train_lock=, stop=)` builds each participant (bench/hostile_compare.py makes one
+    of them an attacker)."""
     options = ServerOptions(
         host="127.0.0.1", insecure=True, device=device, push_to_hub=push_to_hub, public=public
     )
@@ -52,7 +56,7 @@ def simulate(
             give_up_s=30.0,
         )
         try:
-            ParticipantClient(options, train_lock=train_lock, stop=stop).run()
+            make_client(options, train_lock=train_lock, stop=stop).run()
         except Interrupted:
             return  # the main thread is stopping the run and reports it
         except Exception as e:  # noqa: BLE001 - reported; the run stops once no participant is left
