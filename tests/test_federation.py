@@ -340,3 +340,27 @@ def test_spike_guard_rollback_serves_the_best_model(demo_root, tmp_path):
     server._apply(Decision(mu=0.01, lr=1e-3, rules=["spike"], hold=True, rollback=True), 1)
     assert server.coordinator.global_version == best_version
     assert sha256_hex(server.coordinator.global_bytes) == best_version
+
+
+@pytest.mark.slow
+def test_a_fedadam_run_extended_after_it_finished_takes_the_same_steps_as_one_run(demo_root, tmp_path):
+    """FedAdam's moments are saved with each round's model: a run of 2 rounds raised to 3 (a fresh
+    coordinator, as after a restart) ends on the very bytes of one 3-round run."""
+    overrides = [
+        "federation.strategy=fedadam",
+        "federation.server_lr=1.0",
+        "federation.min_participants=2",
+        "federation.min_updates=2",
+        'data.participants=["demo:p0", "demo:p1"]',
+        "train.local_steps=2",
+        "eval.batches=1",
+    ]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    simulate(small_config(demo_root, *overrides, "federation.rounds=3"), whole, device="cpu", progress=False)
+    simulate(small_config(demo_root, *overrides, "federation.rounds=2"), parts, device="cpu", progress=False)
+    simulate(small_config(demo_root, *overrides, "federation.rounds=3"), parts, device="cpu", progress=False)
+    assert (parts / "models" / "round-0002.strategy.safetensors").exists()
+    steps = [e["aggregation"]["server_step"] for e in metrics(parts) if "aggregation" in e]
+    assert steps == [1, 2, 3]
+    last = "models/round-0003.safetensors"
+    assert (parts / last).read_bytes() == (whole / last).read_bytes()
