@@ -12,7 +12,8 @@ import torch
 
 from coordinator.aggregation import FedAvgAccumulator, reusable_sums
 from coordinator.update_bounds import farthest, non_finite_tensors, screen, update_distance
-from zk0.codec import Manifest, SpoolReader
+from zk0.spool import SpoolReader
+from zk0.tensors import Manifest
 
 State = dict[str, torch.Tensor]
 

@@ -21,11 +21,11 @@ from torch.utils.data import ConcatDataset
 from participant.datamodule import LeRobotDataModule
 from participant.lightning_module import RoundPlan, SmolVLAModule
 from participant.local_training import LocalTrainer
-from zk0.codec import encode_state, sha256_hex
 from zk0.config import Config, config_to_toml
 from zk0.errors import Zk0Error
 from zk0.evaluation import describe_eval, evaluate_all, evaluation_setup
 from zk0.normalization import with_shared
+from zk0.payload import sha256_hex
 from zk0.policy import (
     PolicyBundle,
     build_policy,
@@ -38,6 +38,7 @@ from zk0.report import model_card, write_charts
 from zk0.reuse import reuse_run_dir
 from zk0.rundir import RunDir
 from zk0.sources import Source, check_same_layout, demo_root, open_source, training_split
+from zk0.tensors import encode_state
 
 log = logging.getLogger(__name__)
 

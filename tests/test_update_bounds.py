@@ -16,7 +16,9 @@ from coordinator.update_bounds import (
     screen,
     update_distance,
 )
-from zk0.codec import Manifest, SpoolReader, encode_state, write_atomic
+from zk0.atomic_files import write_atomic
+from zk0.spool import SpoolReader
+from zk0.tensors import Manifest, encode_state
 
 
 def state(seed: int, scale: float = 1.0) -> dict[str, torch.Tensor]:
