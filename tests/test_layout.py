@@ -44,3 +44,14 @@ def test_ruff_is_clean():
     for args in (["check", "."], ["format", "--check", "."]):
         result = subprocess.run([str(ruff), *args], cwd=ROOT, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_only_zk0_hub_imports_huggingface_hub():
+    """Every hub call goes through zk0/hub.py, so an unreachable or refusing hub reads the same everywhere."""
+    offenders = [
+        str(path.relative_to(ROOT))
+        for package in ("zk0", "coordinator", "participant")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if path != ROOT / "zk0" / "hub.py" and "huggingface_hub" in imported_packages(path)
+    ]
+    assert not offenders
