@@ -55,3 +55,34 @@ def test_only_zk0_hub_imports_huggingface_hub():
         if path != ROOT / "zk0" / "hub.py" and "huggingface_hub" in imported_packages(path)
     ]
     assert not offenders
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Dotted names of the modules a file imports, `from zk0 import hub` counted as zk0.hub."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def zk0_closure(module: str) -> set[str]:
+    """Every zk0 module that importing `module` loads, through zk0's own imports."""
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        path = ROOT / (name.replace(".", "/") + ".py")
+        if name in seen or not path.is_file():
+            continue
+        seen.add(name)
+        todo.extend(m for m in imported_modules(path) if m.startswith("zk0."))
+    return seen
+
+
+def test_the_policy_builder_does_not_load_the_demo_data_generator():
+    """model.source = "tiny" needs the tiny VLM's assets (zk0/tiny_vlm.py), not the synthetic datasets."""
+    assert "zk0.tiny_vlm" in zk0_closure("zk0.policy")
+    assert "zk0.demo" not in zk0_closure("zk0.policy")
