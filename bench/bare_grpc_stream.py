@@ -21,7 +21,7 @@ from multiprocessing.synchronize import Barrier
 
 import grpc
 
-from zk0.codec import iter_chunks
+from zk0.transfer import iter_chunks
 from zk0.v1 import federation_pb2 as pb
 from zk0.v1 import federation_pb2_grpc as pb_grpc
 

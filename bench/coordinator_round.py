@@ -84,7 +84,7 @@ def synthetic_state(params: int, seed: int = 0):
 
 def write_model(params: int, path: Path) -> tuple[int, int]:
     """Encode the synthetic state once (in a throwaway process); returns (numel, payload bytes)."""
-    from zk0.codec import write_state_atomic
+    from zk0.tensors import write_state_atomic
 
     state = synthetic_state(params)
     write_state_atomic(path, state)
@@ -193,8 +193,8 @@ def _serve_rounds(
     from coordinator.rounds import Coordinator, RoundState
     from coordinator.service import FederationService
     from coordinator.store import RunStore
-    from zk0.codec import SpoolReader
     from zk0.config import config_to_toml, load_config
+    from zk0.spool import SpoolReader
     from zk0.transport import GRPC_OPTIONS
     from zk0.v1 import federation_pb2_grpc as pb_grpc
 
@@ -286,8 +286,8 @@ def _participant_main(port: int, name: str, sample_count: int, cpu_out) -> None:
     """A raw stub client: join, then poll for tasks; per round pull the model, verify it, send it back."""
     import grpc
 
-    from zk0.codec import ChunkAssembler
     from zk0.config import load_config_text
+    from zk0.transfer import ChunkAssembler
     from zk0.transport import GRPC_OPTIONS
     from zk0.v1 import federation_pb2 as pb
     from zk0.v1 import federation_pb2_grpc as pb_grpc
@@ -353,7 +353,7 @@ def _participant_main(port: int, name: str, sample_count: int, cpu_out) -> None:
 
 def _upload_messages(header, payload: bytes, chunk_bytes: int) -> Iterator:
     """Header, then the payload in chunks: what participant/client.py sends."""
-    from zk0.codec import iter_chunks
+    from zk0.transfer import iter_chunks
     from zk0.v1 import federation_pb2 as pb
 
     yield pb.UploadUpdateRequest(header=header)

@@ -27,8 +27,8 @@ HOSTILE = "p3"
 def poisoning_client(scale: float):
     """A ParticipantClient subclass whose uploads are base - scale x (trained - base)."""
     from participant.client import ParticipantClient
-    from zk0.codec import decode_state, encode_state
     from zk0.policy import trainable_state
+    from zk0.tensors import decode_state, encode_state
 
     class PoisoningClient(ParticipantClient):
         def local_update(self, runtime, hp):

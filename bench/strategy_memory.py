@@ -41,7 +41,7 @@ def model(tensors: int, seed: int) -> dict[str, torch.Tensor]:
 
 
 def write_round(directory: Path, tensors: int, participants: int) -> None:
-    from zk0.codec import write_state_atomic
+    from zk0.tensors import write_state_atomic
 
     base = model(tensors, 0)
     write_state_atomic(directory / "base.safetensors", base)
@@ -56,8 +56,8 @@ def measure(directory: str, strategy: str, participants: int, queue) -> None:
     from coordinator import strategies
     from coordinator.screening import complete_distances, screened_aggregate
     from coordinator.strategies import RoundUpdates
-    from zk0.codec import SpoolReader
     from zk0.config import load_config
+    from zk0.spool import SpoolReader
 
     root = Path(directory)
     config = load_config(None, [f"federation.strategy='{strategy}'", "strategy.clip_norm=0.5"])

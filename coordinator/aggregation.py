@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from zk0.codec import Manifest, SpoolReader, TensorSpec, torch_dtype
+from zk0.spool import SpoolReader
+from zk0.tensors import Manifest, TensorSpec, torch_dtype
 
 # ATen runs an elementwise op in the calling thread when it has at most this many elements (its grain size).
 _SERIAL_SLICE = 32768

@@ -23,9 +23,12 @@ from coordinator.membership import Member, Membership, public_source, waiting_li
 from coordinator.screening import complete_distances, screened_aggregate
 from coordinator.store import RunStore
 from coordinator.strategies import Aggregate, RoundUpdates, Strategy
-from zk0.codec import Manifest, ModelFile, SpoolReader, write_atomic
+from zk0.atomic_files import write_atomic
 from zk0.config import Config
 from zk0.errors import Zk0Error
+from zk0.spool import SpoolReader
+from zk0.tensors import Manifest
+from zk0.transfer import ModelFile
 from zk0.validation import Refusal, UpdateHeader, UpdateRejected, validate_update
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import torch
 from coordinator.aggregation import reusable_sums
 from coordinator.strategies import Aggregate, RoundUpdates, Strategy
 from coordinator.update_bounds import farthest, non_finite_tensors, screen, update_distance
-from zk0.codec import SpoolReader
+from zk0.spool import SpoolReader
 
 
 def complete_distances(

@@ -19,12 +19,13 @@ from coordinator.service import FederationService, read_tokens
 from coordinator.store import RunStore
 from coordinator.transfers import CONTROL_WORKERS, TransferGate
 from zk0 import hub
-from zk0.codec import Manifest, decode_state, encode_state, sha256_hex, write_atomic
+from zk0.atomic_files import write_atomic
 from zk0.config import Config, config_to_toml
 from zk0.data import describe
 from zk0.errors import Zk0Error, disk_full
 from zk0.evaluation import describe_eval, evaluate_all, evaluation_setup
 from zk0.normalization import stats_to_json
+from zk0.payload import sha256_hex
 from zk0.policy import (
     export_pretrained,
     frozen_fingerprint,
@@ -33,6 +34,7 @@ from zk0.policy import (
     trainable_state,
 )
 from zk0.report import model_card, write_charts
+from zk0.tensors import Manifest, decode_state, encode_state
 from zk0.transport import GRPC_OPTIONS, is_loopback, server_credentials
 from zk0.v1 import federation_pb2_grpc as pb_grpc
 

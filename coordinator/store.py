@@ -21,11 +21,13 @@ from pathlib import Path
 
 import torch
 
-from zk0.codec import decode_state, sha256_hex, write_atomic, write_state_atomic
+from zk0.atomic_files import write_atomic
 from zk0.config import Config
 from zk0.errors import Zk0Error
+from zk0.payload import sha256_hex
 from zk0.reuse import STATE_FILE, completed_round, reuse_run_dir
 from zk0.rundir import RunDir
+from zk0.tensors import decode_state, write_state_atomic
 from zk0.validation import UpdateHeader
 
 log = logging.getLogger(__name__)

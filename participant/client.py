@@ -19,26 +19,20 @@ from typing import Any
 import grpc
 
 from participant.connection import diagnose, parse_address
-from zk0.codec import (
-    ChunkAssembler,
-    Manifest,
-    PayloadRejected,
-    decode_state,
-    encode_state,
-    iter_chunks,
-    sha256_hex,
-)
 from zk0.config import Config, load_config_text
 from zk0.data import Source, check_spec, describe, open_source
 from zk0.errors import Zk0Error
 from zk0.evaluation import evaluate
 from zk0.interrupts import STOP, Interrupted, check
 from zk0.normalization import stats_from_json, with_shared
+from zk0.payload import PayloadRejected, sha256_hex
 from zk0.policy import frozen_fingerprint, load_trainable_state, resolve_device, trainable_state
+from zk0.tensors import Manifest, decode_state, encode_state
 from zk0.training.datamodule import LeRobotDataModule
 from zk0.training.lightning_module import RoundPlan, SmolVLAModule
 from zk0.training.local_training import LocalTrainer, RoundResult
 from zk0.training.runtime import build_runtime
+from zk0.transfer import ChunkAssembler, iter_chunks
 from zk0.transport import GRPC_OPTIONS, channel_credentials, is_loopback, token_metadata
 from zk0.v1 import federation_pb2 as pb
 from zk0.v1 import federation_pb2_grpc as pb_grpc

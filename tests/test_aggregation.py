@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from coordinator.aggregation import FedAvgAccumulator
-from zk0.codec import Manifest, encode_state, write_atomic
+from zk0.atomic_files import write_atomic
+from zk0.tensors import Manifest, encode_state
 
 
 def make_update(seed: int) -> dict[str, torch.Tensor]:

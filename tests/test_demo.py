@@ -18,20 +18,18 @@ from transformers import AutoProcessor, AutoTokenizer
 from zk0.data import open_dataset, resolve_spec
 from zk0.demo import (
     CAMERA_KEY,
-    COLOURS,
     DEMO_FPS,
     GAIN,
     JOINT_NAMES,
-    MARKER,
-    VLM_IMAGE_SIZE,
-    VLM_TEXT_LAYERS,
     DemoPaths,
     demo_repo_id,
     ensure_demo,
     ensure_demo_dataset,
-    ensure_vlm_assets,
 )
+from zk0.demo_tasks import COLOURS
 from zk0.errors import Zk0Error
+from zk0.generated_dirs import MARKER
+from zk0.tiny_vlm import VLM_IMAGE_SIZE, VLM_TEXT_LAYERS, ensure_vlm_assets
 
 TINY = {"seed": 7, "episodes": 2, "frames_per_episode": 12}
 

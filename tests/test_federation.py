@@ -14,9 +14,10 @@ import torch
 
 from coordinator.server import CoordinatorServer, ServerOptions
 from participant.client import ClientOptions, ParticipantClient
-from zk0.codec import decode_state, sha256_hex
 from zk0.config import config_to_toml, load_config
+from zk0.payload import sha256_hex
 from zk0.simulate import simulate
+from zk0.tensors import decode_state
 
 ROOT = Path(__file__).parent.parent
 BIN = Path(sys.executable).parent
@@ -328,7 +329,7 @@ def test_compare_writes_the_table_of_every_model(demo_root, tmp_path):
 
 def test_spike_guard_rollback_serves_the_best_model(demo_root, tmp_path):
     from coordinator.adaptive import Decision
-    from zk0.codec import encode_state
+    from zk0.tensors import encode_state
 
     config = small_config(demo_root, "adaptive.spike_guard=true", "adaptive.spike_rollback=true")
     server = CoordinatorServer(config, tmp_path / "run", ServerOptions(insecure=True, device="cpu"))

@@ -21,9 +21,11 @@ import torch
 
 from coordinator.server import CoordinatorServer, ServerOptions
 from participant.client import DOWNLOAD_ATTEMPTS, ClientOptions, ParticipantClient, description
-from zk0.codec import Manifest, decode_state, encode_state, iter_chunks, sha256_hex
 from zk0.config import load_config
 from zk0.errors import Zk0Error
+from zk0.payload import sha256_hex
+from zk0.tensors import Manifest, decode_state, encode_state
+from zk0.transfer import iter_chunks
 from zk0.transport import GRPC_OPTIONS
 from zk0.v1 import federation_pb2 as pb
 from zk0.v1 import federation_pb2_grpc as pb_grpc

@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_intake import MAX_SAMPLES, Federation, moved
 
-from zk0.codec import encode_state
+from zk0.tensors import encode_state
 
 HONEST = ("p0", "p1", "p2")
 SCALE = 15.0  # its distance stays under the intake's 10 x median screen

@@ -27,8 +27,10 @@ from coordinator.rounds import Coordinator
 from coordinator.service import FederationService
 from coordinator.store import RunStore
 from participant.client import RETRYABLE, ClientOptions, ParticipantClient
-from zk0.codec import Manifest, decode_state, encode_state, iter_chunks, sha256_hex
 from zk0.config import load_config
+from zk0.payload import sha256_hex
+from zk0.tensors import Manifest, decode_state, encode_state
+from zk0.transfer import iter_chunks
 from zk0.transport import GRPC_OPTIONS
 from zk0.v1 import federation_pb2 as pb
 from zk0.v1 import federation_pb2_grpc as pb_grpc

@@ -83,3 +83,33 @@ def test_ruff_is_clean():
     for args in (["check", "."], ["format", "--check", "."]):
         result = subprocess.run([str(ruff), *args], cwd=ROOT, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_only_zk0_hub_imports_huggingface_hub():
+    """Every hub call goes through zk0/hub.py, so an unreachable or refusing hub reads the same everywhere."""
+    offenders = [
+        str(path.relative_to(ROOT))
+        for package in ("zk0", "coordinator", "participant")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if path != ROOT / "zk0" / "hub.py" and "huggingface_hub" in imported_packages(path)
+    ]
+    assert not offenders
+
+
+def zk0_closure(module: str) -> set[str]:
+    """Every zk0 module that importing `module` loads, through zk0's own imports."""
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        path = ROOT / (name.replace(".", "/") + ".py")
+        if name in seen or not path.is_file():
+            continue
+        seen.add(name)
+        todo.extend(m for m in imported_modules(path) if m.startswith("zk0."))
+    return seen
+
+
+def test_the_policy_builder_does_not_load_the_demo_data_generator():
+    """model.source = "tiny" needs the tiny VLM's assets (zk0/tiny_vlm.py), not the synthetic datasets."""
+    assert "zk0.tiny_vlm" in zk0_closure("zk0.policy")
+    assert "zk0.demo" not in zk0_closure("zk0.policy")

@@ -28,9 +28,10 @@ from coordinator.rounds import Coordinator
 from coordinator.service import FederationService
 from coordinator.store import PARTICIPANTS_FILE, RunStore
 from participant.client import ClientOptions, ParticipantClient
-from zk0.codec import Manifest, encode_state, sha256_hex
 from zk0.config import config_to_toml, load_config
 from zk0.errors import Zk0Error
+from zk0.payload import sha256_hex
+from zk0.tensors import Manifest, encode_state
 from zk0.transport import GRPC_OPTIONS
 from zk0.v1 import federation_pb2 as pb
 from zk0.v1 import federation_pb2_grpc as pb_grpc

@@ -19,7 +19,8 @@ from lerobot.datasets import LeRobotDataset
 from participant.client import ParticipantRuntime, description
 from zk0.config import load_config
 from zk0.data import check_spec, open_source
-from zk0.demo import CAMERA_KEY, demo_features, demo_tasks
+from zk0.demo import CAMERA_KEY, demo_features
+from zk0.demo_tasks import demo_tasks
 from zk0.errors import Zk0Error
 from zk0.rename import parse_rename
 from zk0.training.lightning_module import RoundPlan

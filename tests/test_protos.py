@@ -12,17 +12,10 @@ import grpc
 import pytest
 import torch
 
-from zk0.codec import (
-    ChunkAssembler,
-    FileAssembler,
-    Manifest,
-    PayloadRejected,
-    decode_state,
-    encode_state,
-    iter_chunks,
-    sha256_hex,
-)
+from zk0.payload import PayloadRejected, sha256_hex
 from zk0.protogen import REPO_ROOT
+from zk0.tensors import Manifest, decode_state, encode_state
+from zk0.transfer import ChunkAssembler, FileAssembler, iter_chunks
 from zk0.v1 import federation_pb2 as pb
 from zk0.v1 import federation_pb2_grpc as pb_grpc
 from zk0.validation import Refusal, UpdateHeader, UpdateRejected, validate_tensors, validate_update

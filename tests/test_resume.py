@@ -16,9 +16,9 @@ from test_federation import BIN, client_thread, free_port, metrics, small_config
 
 from coordinator.server import CoordinatorServer, ServerOptions
 from participant.client import description
-from zk0.codec import sha256_hex
 from zk0.config import config_to_toml
 from zk0.data import open_source
+from zk0.payload import sha256_hex
 from zk0.transport import GRPC_OPTIONS
 from zk0.v1 import federation_pb2 as pb
 from zk0.v1 import federation_pb2_grpc as pb_grpc

@@ -169,7 +169,7 @@ def test_recover_drops_records_of_rounds_not_completed_and_rederives_the_best(tm
     """A coordinator killed after recording round 2 (and keeping it as best) but before marking it
     completed: on reopening, round 2's record goes, the best is round 1 again, leftovers are removed."""
     from coordinator.store import RunStore
-    from zk0.codec import sha256_hex
+    from zk0.payload import sha256_hex
 
     path, cfg = tmp_path / "run", config("federation.rounds=3")
     store, resumed = RunStore.open(path, cfg)

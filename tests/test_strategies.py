@@ -16,8 +16,9 @@ from coordinator.strategies import RoundUpdates
 from coordinator.strategies.norm_bounded import clip_scales
 from coordinator.strategies.trimmed_mean import trimmed_count
 from coordinator.update_bounds import update_distance
-from zk0.codec import Manifest, encode_state, write_atomic
+from zk0.atomic_files import write_atomic
 from zk0.config import STRATEGIES, ConfigError, load_config
+from zk0.tensors import Manifest, encode_state
 
 BASE = {"w": torch.linspace(-1, 1, 60).reshape(6, 10), "b": torch.zeros(10, dtype=torch.bfloat16)}
 MANIFEST = Manifest.of(BASE)

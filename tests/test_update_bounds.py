@@ -18,8 +18,10 @@ from coordinator.update_bounds import (
     screen,
     update_distance,
 )
-from zk0.codec import Manifest, SpoolReader, encode_state, write_atomic
+from zk0.atomic_files import write_atomic
 from zk0.config import load_config
+from zk0.spool import SpoolReader
+from zk0.tensors import Manifest, encode_state
 
 FEDAVG = strategies.make(load_config(None, ["federation.strategy='fedavg'"]))
 

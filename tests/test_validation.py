@@ -6,7 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from zk0.codec import Manifest, SpoolReader, encode_state, sha256_hex, write_atomic
+from zk0.atomic_files import write_atomic
+from zk0.payload import sha256_hex
+from zk0.spool import SpoolReader
+from zk0.tensors import Manifest, encode_state
 from zk0.v1 import federation_pb2 as pb
 from zk0.validation import (
     MAX_METRIC_KEY,

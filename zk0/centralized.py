@@ -16,7 +16,6 @@ from pathlib import Path
 from lerobot.datasets.compute_stats import aggregate_stats
 from torch.utils.data import ConcatDataset
 
-from zk0.codec import encode_state, sha256_hex
 from zk0.config import Config, config_to_toml
 from zk0.data import (
     Source,
@@ -28,6 +27,7 @@ from zk0.data import (
 from zk0.errors import Zk0Error
 from zk0.evaluation import describe_eval, evaluate_all, evaluation_setup
 from zk0.normalization import with_shared
+from zk0.payload import sha256_hex
 from zk0.policy import (
     PolicyBundle,
     export_pretrained,
@@ -38,6 +38,7 @@ from zk0.policy import (
 from zk0.report import model_card, write_charts
 from zk0.reuse import reuse_run_dir
 from zk0.rundir import RunDir
+from zk0.tensors import encode_state
 from zk0.training.datamodule import LeRobotDataModule
 from zk0.training.lightning_module import RoundPlan, SmolVLAModule
 from zk0.training.local_training import LocalTrainer

@@ -180,7 +180,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from zk0.config import load_config
     from zk0.data import open_source
-    from zk0.demo import ensure_vlm_assets
+    from zk0.tiny_vlm import ensure_vlm_assets
 
     quiet_libraries()  # lerobot's per-video "Using video codec" lines
     overrides = [*args.overrides, f'demo.root="{args.out}"'] if args.out else args.overrides

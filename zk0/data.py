@@ -14,17 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pyarrow.parquet as pq
-import requests
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import (
-    HfHubHTTPError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-)
 from lerobot.datasets import CODEBASE_VERSION, LeRobotDataset, LeRobotDatasetMetadata
 from lerobot.utils.constants import DEFAULT_FEATURES, HF_LEROBOT_HUB_CACHE
 
@@ -43,14 +34,6 @@ CAMERA_PREFIX = "observation.images."
 VIDEO_BACKEND = "pyav"  # torchcodec needs a system FFmpeg; without it lerobot prints a traceback per start
 _REQUIRED_META = ("meta/tasks.parquet", "meta/episodes")  # lerobot's metadata needs them; stats are optional
 _SYNC_COLUMNS = ["episode_index", "frame_index", "timestamp"]
-# What the hub client raises when the hub is unreachable, refuses, or lacks the dataset.
-_HUB_ERRORS = (
-    HfHubHTTPError,
-    OfflineModeIsEnabled,
-    LocalEntryNotFoundError,
-    httpx.TransportError,
-    requests.ConnectionError,
-)
 _ACCEPTED = (
     "'demo:NAME' (a generated demo dataset: p0, p1, ... or eval), "
     "a local LeRobot dataset directory (one with meta/info.json), or a Hugging Face hub repo id 'owner/name'"
@@ -336,14 +319,8 @@ def _data_files(meta: LeRobotDatasetMetadata, ref: DatasetRef) -> list[Path]:
     root = Path(meta.root)
     if ref.is_hub and not any((root / "data").rglob("*.parquet")):
         with _translated_errors(ref):
-            root = Path(
-                snapshot_download(
-                    ref.repo_id,
-                    repo_type="dataset",
-                    revision=meta.revision,
-                    cache_dir=HF_LEROBOT_HUB_CACHE,
-                    allow_patterns="data/*",
-                )
+            root = hub.fetch_dataset_files(
+                ref.repo_id, revision=meta.revision, cache_dir=HF_LEROBOT_HUB_CACHE, allow_patterns="data/*"
             )
     files = sorted((root / "data").rglob("*.parquet"))
     if not files:
@@ -382,7 +359,7 @@ def _translated_errors(ref: DatasetRef) -> Iterator[None]:
     """Hub failures become one line naming the dataset."""
     try:
         yield
-    except _HUB_ERRORS as e:
+    except hub.HUB_ERRORS as e:
         raise _hub_failure(ref, e) from e
 
 
@@ -391,23 +368,6 @@ def _hub_failure(ref: DatasetRef, error: BaseException) -> Zk0Error:
         # lerobot goes to the hub when a file of a local dataset is missing: the dataset is incomplete.
         return Zk0Error(
             f"dataset '{ref.spec}'{_at(ref)} is incomplete: lerobot found a file missing and went to the hub "
-            f"for it ({_first_line(error)})"
+            f"for it ({hub.first_line(error)})"
         )
-    if isinstance(error, RepositoryNotFoundError):
-        return Zk0Error(
-            f"dataset '{ref.spec}' was not found on the Hugging Face hub (or it is private or gated)"
-        )
-    if isinstance(error, HfHubHTTPError):
-        return Zk0Error(
-            f"dataset '{ref.spec}': the Hugging Face hub refused the download ({_first_line(error)})"
-        )
-    reason = "HF_HUB_OFFLINE is set" if isinstance(error, OfflineModeIsEnabled) else _first_line(error)
-    return Zk0Error(
-        f"dataset '{ref.spec}' is on the Hugging Face hub, which is unreachable from here ({reason}); "
-        "use a local path or run where the hub is reachable"
-    )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return hub.dataset_failure(ref.spec, error)

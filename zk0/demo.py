@@ -1,5 +1,5 @@
-"""The embedded demo: a tiny SmolVLM directory and synthetic SO-100-like LeRobot datasets, generated
-deterministically on first use and cached on disk, so the whole system runs offline on a CPU.
+"""The embedded demo: synthetic SO-100-like LeRobot datasets (and the tiny SmolVLM of zk0/tiny_vlm.py),
+generated deterministically on first use and cached on disk, so the whole system runs offline on a CPU.
 
 Each episode shows one coloured square (the target) in a 64x64 camera image and a white dot (where the
 arm points now). The target's position and colour fix a target joint configuration; the arm closes a
@@ -12,11 +12,9 @@ quadrants and from the participants' colours, so what it asks is learnable from 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
-import shutil
 import sys
 import threading
 from collections.abc import Iterator
@@ -29,28 +27,16 @@ import datasets
 import numpy as np
 from lerobot.configs import RGBEncoderConfig
 from lerobot.datasets import LeRobotDataset
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
-from transformers import LlamaConfig, PreTrainedTokenizerFast
-from transformers.models.smolvlm import (
-    SmolVLMConfig,
-    SmolVLMImageProcessor,
-    SmolVLMProcessor,
-    SmolVLMVideoProcessor,
-    SmolVLMVisionConfig,
-)
 
+from zk0.demo_tasks import COLOURS, TASK_TEMPLATES
 from zk0.errors import Zk0Error
+from zk0.generated_dirs import is_complete, staging, write_marker
+from zk0.tiny_vlm import ensure_vlm_assets
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
-MARKER = "zk0_demo.json"
-
-VLM_IMAGE_SIZE = 32
-VLM_PATCH_SIZE = 8
-VLM_SCALE_FACTOR = 2
-VLM_TEXT_LAYERS = 4
+GENERATOR_VERSION = 1  # in each dataset's marker: bump it when the datasets change
 
 DEMO_FPS = 30
 ROBOT_TYPE = "so100_follower"
@@ -65,20 +51,6 @@ JOINT_NAMES = [
     "wrist_roll.pos",
     "gripper.pos",
 ]
-# Colour name -> (RGB, gripper target): the gripper closes to a width that depends on the cube's colour.
-COLOURS: dict[str, tuple[tuple[int, int, int], float]] = {
-    "red": ((220, 40, 40), 10.0),
-    "green": ((40, 200, 60), 25.0),
-    "blue": ((50, 80, 230), 40.0),
-    "yellow": ((230, 210, 40), 55.0),
-    "magenta": ((210, 50, 200), 70.0),
-    "cyan": ((40, 210, 220), 85.0),
-}
-TASK_TEMPLATES = (
-    "move the arm to the {colour} cube",
-    "reach for the {colour} cube",
-    "touch the {colour} cube with the gripper",
-)
 SQUARE = 12  # side of the target square, pixels
 OWN_REGION_P = 0.8  # share of a participant's episodes whose target lies in its own quadrant
 GAIN = 0.08  # fraction of the remaining gap to the target closed per frame
@@ -132,27 +104,6 @@ def demo_features() -> dict[str, dict[str, Any]]:
     }
 
 
-def demo_tasks() -> list[str]:
-    """Every task string the demo can produce (the tiny tokenizer is trained on these)."""
-    return [t.format(colour=c) for c in COLOURS for t in TASK_TEMPLATES]
-
-
-def ensure_vlm_assets(root: Path) -> Path:
-    """The tiny SmolVLM directory (config, tokenizer, processor) under `root/vlm`, built once.
-
-    SmolVLA reads `vlm_model_name` with AutoConfig/AutoProcessor even without weights; a local directory
-    keeps that offline.
-    """
-    target = Path(root) / "vlm"
-    params = {"generator": GENERATOR_VERSION, "kind": "vlm"}
-    if _is_complete(target, params):
-        return target
-    with _staging(target) as staging:
-        _write_vlm_assets(staging)
-        _write_marker(staging, params)
-    return target
-
-
 def ensure_demo_dataset(
     root: Path,
     name: str,
@@ -171,18 +122,18 @@ def ensure_demo_dataset(
         raise Zk0Error(f"demo dataset '{name}': needs episodes >= 1 and frames_per_episode >= 2")
     target = demo_dataset_dir(root, name)
     params = _dataset_params(name, seed, episodes, frames_per_episode, participants)
-    if _is_complete(target, params):
+    if is_complete(target, params):
         return target
-    with _staging(target) as staging, _quiet_encoding():
+    with staging(target) as building, _quiet_encoding():
         _write_dataset(
-            staging,
+            building,
             name,
             _profile(name, participants),
             seed=seed,
             episodes=episodes,
             frames=frames_per_episode,
         )
-        _write_marker(staging, params)
+        write_marker(building, params)
     return target
 
 
@@ -203,7 +154,7 @@ def ensure_demo(
     pending = [
         (name, n)
         for name, n in jobs
-        if not _is_complete(
+        if not is_complete(
             demo_dataset_dir(root, name), _dataset_params(name, seed, n, frames_per_episode, participants)
         )
     ]
@@ -364,142 +315,6 @@ def _write_dataset(
             dataset.save_episode()
     finally:
         dataset.finalize()
-
-
-def _write_vlm_assets(staging: Path) -> None:
-    """Tokenizer + SmolVLM config + processor, as OFFLINE.md measured works for SmolVLA."""
-    tokenizer = _tiny_tokenizer()
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=VLM_TEXT_LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-    )
-    vision = SmolVLMVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=VLM_IMAGE_SIZE,
-        patch_size=VLM_PATCH_SIZE,
-    )
-    config = SmolVLMConfig(
-        text_config=text.to_dict(),
-        vision_config=vision.to_dict(),
-        scale_factor=VLM_SCALE_FACTOR,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vocab_size=len(tokenizer),
-    )
-    edge = {"longest_edge": VLM_IMAGE_SIZE}
-    processor = SmolVLMProcessor(
-        image_processor=SmolVLMImageProcessor(do_image_splitting=False, size=edge, max_image_size=edge),
-        tokenizer=tokenizer,
-        video_processor=SmolVLMVideoProcessor(),
-        image_seq_len=(VLM_IMAGE_SIZE // VLM_PATCH_SIZE) ** 2 // VLM_SCALE_FACTOR**2,
-    )
-    config.save_pretrained(staging)
-    processor.save_pretrained(staging)
-
-
-def _tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level BPE on the demo's task strings; the dict form of extra_special_tokens is what gives
-    the tokenizer the fake_image_token_id / global_image_token_id attributes SmolVLA reads."""
-    special = [
-        "<|endoftext|>",
-        "<|im_start|>",
-        "<|im_end|>",
-        "<end_of_utterance>",
-        "<fake_token_around_image>",
-        "<image>",
-        "<global-img>",
-    ]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=special,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator([f"{task}\n" for task in demo_tasks()], trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        bos_token="<|im_start|>",
-        eos_token="<end_of_utterance>",
-        pad_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-        extra_special_tokens={
-            "fake_image_token": "<fake_token_around_image>",
-            "image_token": "<image>",
-            "global_image_token": "<global-img>",
-            "end_of_utterance_token": "<end_of_utterance>",
-        },
-    )
-
-
-def _is_complete(target: Path, params: dict[str, Any]) -> bool:
-    """A directory counts only once its marker (written last, before the rename) matches `params`."""
-    try:
-        return json.loads((target / MARKER).read_text()) == params
-    except FileNotFoundError:
-        return False
-    except (OSError, json.JSONDecodeError) as e:
-        log.warning("ignoring unreadable demo marker %s (%s); regenerating", target / MARKER, e)
-        return False
-
-
-def _write_marker(directory: Path, params: dict[str, Any]) -> None:
-    (directory / MARKER).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
-
-
-@contextlib.contextmanager
-def _staging(target: Path) -> Iterator[Path]:
-    """A fresh sibling directory to build into; on success it replaces `target` by rename, so a crash
-    never leaves a half-written directory under the final name. Staging left by dead processes is removed."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(target)
-    staging = target.parent / f".{target.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        yield staging
-        _replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _replace(staging: Path, target: Path) -> None:
-    stale = target.parent / f".{target.name}.stale-{os.getpid()}"
-    if target.exists():
-        target.rename(stale)
-    try:
-        staging.rename(target)
-    except OSError:
-        if not target.exists():
-            raise
-        log.info("%s was generated concurrently by another process; keeping that one", target)
-    finally:
-        shutil.rmtree(stale, ignore_errors=True)
-
-
-def _remove_orphans(target: Path) -> None:
-    for leftover in target.parent.glob(f".{target.name}.*-*"):
-        pid = leftover.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 _quiet_lock = threading.Lock()

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import httpx
+import requests
 from huggingface_hub import HfApi, constants, get_session, get_token, snapshot_download
 from huggingface_hub.errors import (
     HfHubHTTPError,
@@ -14,6 +15,7 @@ from huggingface_hub.errors import (
     LocalEntryNotFoundError,
     LocalTokenNotFoundError,
     OfflineModeIsEnabled,
+    RepositoryNotFoundError,
 )
 from huggingface_hub.utils import validate_repo_id
 
@@ -25,6 +27,15 @@ PROBE_TIMEOUT_S = 10.0
 # a generated demo dataset zk0-demo/<name> (zk0.demo.REPO_PREFIX).
 LOCAL_OWNER = "local"
 DEMO_OWNER = "zk0-demo"
+# What the hub client raises when the hub is unreachable, refuses, or lacks a repository, whether zk0 called
+# it or lerobot did on zk0's behalf (loading a hub dataset's metadata or frames).
+HUB_ERRORS = (
+    HfHubHTTPError,
+    OfflineModeIsEnabled,
+    LocalEntryNotFoundError,
+    httpx.TransportError,
+    requests.ConnectionError,
+)
 
 
 def looks_like_hub_id(text: str) -> bool:
@@ -47,6 +58,39 @@ def fetch(repo_id: str, *, what: str, repo_type: str = "model") -> Path:
         ) from e
     except HfHubHTTPError as e:
         raise Zk0Error(f"{what} '{repo_id}': the Hugging Face hub refused the download ({e})") from e
+
+
+def fetch_dataset_files(repo_id: str, *, revision: str | None, cache_dir: Path, allow_patterns: str) -> Path:
+    """Download (or find in `cache_dir`) the files of hub dataset `repo_id` that match `allow_patterns`, and
+    return the snapshot's root. Raises one of HUB_ERRORS, for `dataset_failure` to put in one line."""
+    return Path(
+        snapshot_download(
+            repo_id,
+            repo_type="dataset",
+            revision=revision,
+            cache_dir=cache_dir,
+            allow_patterns=allow_patterns,
+        )
+    )
+
+
+def dataset_failure(spec: str, error: BaseException) -> Zk0Error:
+    """One line for one of HUB_ERRORS met getting hub dataset `spec`: absent, refused or unreachable."""
+    if isinstance(error, RepositoryNotFoundError):
+        return Zk0Error(f"dataset '{spec}' was not found on the Hugging Face hub (or it is private or gated)")
+    if isinstance(error, HfHubHTTPError):
+        return Zk0Error(f"dataset '{spec}': the Hugging Face hub refused the download ({first_line(error)})")
+    reason = "HF_HUB_OFFLINE is set" if isinstance(error, OfflineModeIsEnabled) else first_line(error)
+    return Zk0Error(
+        f"dataset '{spec}' is on the Hugging Face hub, which is unreachable from here ({reason}); "
+        "use a local path or run where the hub is reachable"
+    )
+
+
+def first_line(error: BaseException) -> str:
+    """A hub client error's first line (the rest is request details), or its type when it says nothing."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _offline_by_env() -> bool:

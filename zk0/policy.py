@@ -18,9 +18,9 @@ from lerobot.policies.smolvla import SmolVLAConfig, SmolVLAPolicy
 
 from zk0 import hub
 from zk0.config import ModelConfig
-from zk0.demo import VLM_IMAGE_SIZE, VLM_TEXT_LAYERS, ensure_vlm_assets
 from zk0.errors import Zk0Error
 from zk0.quiet import library_prints_logged_once
+from zk0.tiny_vlm import VLM_IMAGE_SIZE, VLM_TEXT_LAYERS, ensure_vlm_assets
 
 PREPROCESSOR_JSON = "policy_preprocessor.json"
 EXPORTED_VLM_DIR = "vlm"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zk0.codec import write_atomic
+from zk0.atomic_files import write_atomic
 from zk0.config import Config, config_to_toml
 from zk0.errors import Zk0Error
 from zk0.rundir import CONFIG_FILE, FINAL_DIR, METRICS_FILE, RunDir

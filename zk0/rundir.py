@@ -12,7 +12,7 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
-from zk0.codec import write_atomic
+from zk0.atomic_files import write_atomic
 from zk0.config import Config, config_to_toml
 from zk0.errors import Zk0Error
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zk0.codec import Manifest, PayloadRejected, SpoolReader, is_sha256_hex
+from zk0.payload import PayloadRejected, is_sha256_hex
+from zk0.spool import SpoolReader
+from zk0.tensors import Manifest
 from zk0.v1 import federation_pb2 as pb
 
 _MAX_LISTED = 8  # problems named in one reason; the rest are counted

@@ -27,8 +27,9 @@ import torch
 
 from coordinator.adaptive import Decision, RoundRecord, decide
 from coordinator.aggregation import apply_server_lr
-from zk0.codec import Manifest, SpoolReader, TensorSpec, torch_dtype
 from zk0.config import Config
+from zk0.spool import SpoolReader
+from zk0.tensors import Manifest, TensorSpec, torch_dtype
 
 State = dict[str, torch.Tensor]
 

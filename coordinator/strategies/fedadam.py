@@ -18,7 +18,7 @@ import torch
 
 from coordinator.aggregation import FedAvgAccumulator
 from coordinator.strategies.base import Aggregate, RoundUpdates, State, Strategy, cast_like, compute_dtype
-from zk0.codec import SpoolReader
+from zk0.spool import SpoolReader
 
 STEP = "step"
 
