@@ -1,13 +1,14 @@
 """Learning quality with one hostile participant of four, per aggregation strategy, on the demo task.
 
 Runs `zk0 simulate`'s wiring (real coordinator, real gRPC on 127.0.0.1, real SmolVLA training) on the demo
-config with four participants: first all honest under FedAvg (the honest run), then with p3 an attacker
-under each strategy. The attacker trains honestly, then uploads base - scale x (its trained model - base):
+config with four participants, for each strategy: all honest, then with p3 an attacker. The attacker trains
+honestly, then uploads base - scale x (its trained model - base):
 a sign-flipped, scaled model-poisoning update, valid in every field and (at the default scale) close enough
-to the others to pass the intake's distance screens. Prints the final evaluation of each run and its ratio
-to the honest run.
+to the others to pass the intake's distance screens. Prints the final evaluation loss of each run, the
+attacked run's ratio to the same strategy's honest run, and to the honest run of the first strategy listed
+(FedAvg by default).
 
-    .venv/bin/python -m bench.hostile_compare --out /tmp/hostile        # ~5 demo runs
+    .venv/bin/python -m bench.hostile_compare --out /tmp/hostile        # 8 demo runs, ~1-2 min each
     .venv/bin/python -m bench.hostile_compare --strategies fedavg,median --set federation.rounds=2
 """
 
@@ -90,18 +91,27 @@ def main() -> None:
         "federation.fraction=1.0",
         *args.overrides,
     ]
-    rows = {"honest fedavg": run(args.config, four, args.out / "honest-fedavg", "fedavg", None, args.device)}
+    rows: dict[str, dict] = {}
     for strategy in args.strategies.split(","):
-        rows[f"{strategy}, 1 hostile"] = run(
-            args.config, four, args.out / f"hostile-{strategy}", strategy, args.scale, args.device
-        )
-    honest = rows["honest fedavg"]["loss"]
+        for scale in (None, args.scale):
+            kind = "hostile" if scale else "honest"
+            out = args.out / f"{kind}-{strategy}"
+            rows[f"{strategy}, {'1 hostile' if scale else 'all honest'}"] = run(
+                args.config, four, out, strategy, scale, args.device
+            )
+    honest = rows[f"{args.strategies.split(',')[0]}, all honest"]["loss"]
     load = os.getloadavg()
     print(f"\nhostile {HOSTILE} of 4, scale {args.scale:g}; load average {load[0]:.1f}, {load[1]:.1f}")
-    print("| run | eval loss | action MAE | loss / honest |")
-    print("| --- | --- | --- | --- |")
-    for name, row in rows.items():
-        print(f"| {name} | {row['loss']:.4f} | {row['action_mae']:.4f} | {row['loss'] / honest:.3f} |")
+    print(
+        "| strategy | eval loss, all honest | eval loss, 1 hostile | hostile / honest | hostile / honest "
+        + args.strategies.split(",")[0]
+        + " |"
+    )
+    print("| --- | --- | --- | --- | --- |")
+    for strategy in args.strategies.split(","):
+        clean, attacked = rows[f"{strategy}, all honest"]["loss"], rows[f"{strategy}, 1 hostile"]["loss"]
+        ratios = f"{attacked / clean:.3f} | {attacked / honest:.3f}"
+        print(f"| {strategy} | {clean:.4f} | {attacked:.4f} | {ratios} |")
     (args.out / "hostile.json").write_text(json.dumps(rows, indent=2))
 
 
