@@ -16,8 +16,8 @@ import math
 
 import torch
 
-from coordinator.aggregation import FedAvgAccumulator
 from coordinator.strategies.base import Aggregate, RoundUpdates, State, Strategy, cast_like, compute_dtype
+from coordinator.strategies.fedavg import weighted_mean
 from zk0.spool import SpoolReader
 
 STEP = "step"
@@ -36,11 +36,7 @@ class FedAdam(Strategy):
         return b2 * v + (1 - b2) * delta.square()
 
     def aggregate(self, round_updates: RoundUpdates) -> Aggregate:
-        accumulator = FedAvgAccumulator(round_updates.manifest, reuse=round_updates.reuse)
-        for name in sorted(round_updates.updates):
-            path, weight = round_updates.updates[name]
-            accumulator.add(path, weight)
-        mean = accumulator.take_result()
+        mean = weighted_mean(round_updates)
         o = self.options
         step = self.step + 1
         eta = o.eta * math.sqrt(1 - o.beta2**step) / (1 - o.beta1**step)
