@@ -24,7 +24,7 @@ from lerobot.datasets.factory import resolve_delta_timestamps
 from participant.connection import diagnose, parse_address
 from participant.datamodule import LeRobotDataModule
 from participant.lightning_module import RoundPlan, SmolVLAModule
-from participant.local_training import LocalTrainer
+from participant.local_training import DeadlinePassed, LocalTrainer
 from zk0.codec import (
     ChunkAssembler,
     Manifest,
@@ -115,6 +115,7 @@ class ParticipantRuntime:
             module, datamodule, device=device, precision=config.train.precision, progress=progress, stop=stop
         )
         self.fingerprint = frozen_fingerprint(self.bundle.policy)
+        self.manifest = Manifest.of(trainable_state(self.bundle.policy))  # what a task's model must match
 
     def evaluate(self) -> dict[str, float] | None:
         if self.heldout is None:
@@ -419,35 +420,38 @@ class ParticipantClient:
     def train_round(self, task: pb.TrainTask) -> None:
         runtime = self.runtime
         name = self.options.name
+        deadline = time.monotonic() + task.deadline_seconds if task.deadline_seconds > 0 else None
+        expected = Manifest.from_proto(task.manifest)
+        if runtime.manifest != expected:  # before pulling a model this policy could not load
+            raise Zk0Error(f"model {task.model_version[:12]}'s tensors differ from this participant's policy")
         data = self.download(task)
         state = decode_state(data)
-        if Manifest.of(state) != Manifest.from_proto(task.manifest):
+        if Manifest.of(state) != expected:
             raise Zk0Error(f"model {task.model_version[:12]} does not match its manifest")
         hp = task.hyperparameters
         with self.train_lock or nullcontext():
             check(self.interrupt)  # simulate's participants queue for the device: stop, do not train
+            if deadline is not None and time.monotonic() >= deadline:
+                log.warning("%s: round %d: its deadline passed before training could start", name, task.round)
+                return
             load_trainable_state(runtime.bundle.policy, state)
             local_eval = runtime.evaluate()
             if local_eval is not None:
-                self._call(
-                    lambda: self.stub.ReportEvaluation(
-                        pb.ReportEvaluationRequest(
-                            participant_id=name,
-                            round=task.round,
-                            version=task.model_version,
-                            sample_count=int(local_eval["samples"]),
-                            metrics=local_eval,
-                            session_id=self.session,
-                        ),
-                        metadata=self.metadata,
-                        timeout=30,
-                    ),
-                    "report evaluation",
-                )
+                self.report_evaluation(task, local_eval)
             log.info("%s: round %d, %d steps at lr %g, mu %g", name, task.round, hp.local_steps, hp.lr, hp.mu)
-            result = runtime.trainer.train_round(
-                RoundPlan(lr=hp.lr, mu=hp.mu, steps=hp.local_steps), seed=hp.seed
-            )
+            try:
+                result = runtime.trainer.train_round(
+                    RoundPlan(lr=hp.lr, mu=hp.mu, steps=hp.local_steps), seed=hp.seed, deadline=deadline
+                )
+            except DeadlinePassed as e:
+                log.warning(
+                    "%s: round %d: %s; not uploading (raise federation.round_timeout_s or lower "
+                    "train.local_steps)",
+                    name,
+                    task.round,
+                    e,
+                )
+                return
             payload = encode_state(trainable_state(runtime.bundle.policy))
         metrics = {**result.as_dict(), "mu": hp.mu, "lr": hp.lr}  # what we were sent, for the record
         header = pb.UpdateHeader(
@@ -479,6 +483,24 @@ class ParticipantClient:
             )
         else:
             log.warning("%s: round %d update refused: %s", name, task.round, reply.reason)
+
+    def report_evaluation(self, task: pb.TrainTask, metrics: dict[str, float]) -> None:
+        """Send our evaluation of the round's model; one the coordinator does not count is logged with why."""
+        request = pb.ReportEvaluationRequest(
+            participant_id=self.options.name,
+            round=task.round,
+            version=task.model_version,
+            metrics=metrics,
+            session_id=self.session,
+        )
+        reply = self._call(
+            lambda: self.stub.ReportEvaluation(request, metadata=self.metadata, timeout=30),
+            "report evaluation",
+        )
+        if not reply.recorded:
+            log.warning(
+                "%s: round %d evaluation not recorded: %s", self.options.name, task.round, reply.reason
+            )
 
     def _upload_messages(self, header: pb.UpdateHeader, payload: bytes) -> Iterator[pb.UploadUpdateRequest]:
         yield pb.UploadUpdateRequest(header=header)
