@@ -137,6 +137,7 @@ def test_a_straggler_stops_training_at_the_round_deadline_and_uploads_nothing(de
         "federation.round_timeout_s=8",
         "federation.max_round_attempts=2",
         "train.local_steps=100000",
+        "federation.lease_s=10",  # the grace the stopped run gives the participant to hear it is done
     )
     server = CoordinatorServer(config, tmp_path / "run", ServerOptions(insecure=True, device="cpu"))
     errors: list = []
