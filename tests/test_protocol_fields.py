@@ -1,15 +1,15 @@
-"""Every wire field is read by someone: the round's deadline and planned hyperparameters reach the
-participant, which stops training at the deadline and logs an evaluation the coordinator did not record.
+"""Every wire field is read by someone: the round's deadline, manifest and planned hyperparameters reach the
+participant, which checks the manifest before downloading, stops training at the deadline, and logs an
+evaluation the coordinator did not record. (test_protos checks that the retired fields are reserved.)
 
 The fast tests drive the real coordinator over real gRPC on 127.0.0.1 with the synthetic model of
-test_intake; the slow one runs a real participant on the demo.
+test_intake; the slow ones add a real participant on the demo.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 
 import pytest
 from conftest import small_config
@@ -19,10 +19,8 @@ from coordinator.rounds import Coordinator, TaskKind
 from coordinator.store import RunStore
 from participant.client import ClientOptions, ParticipantClient
 from zk0.codec import Manifest, encode_state
-from zk0.config import load_config
 from zk0.v1 import federation_pb2 as pb
 
-CONFIGS = Path(__file__).parent.parent / "configs"
 ONE = ("federation.min_participants=1", "federation.min_updates=1")  # a round with one participant
 
 
@@ -76,10 +74,7 @@ def test_a_train_task_carries_the_round_deadline_and_the_planned_hyperparameters
 
 def test_a_participant_is_not_sent_a_round_whose_deadline_has_passed(tmp_path):
     now = [100.0]
-    config = load_config(
-        CONFIGS / "demo.toml",
-        [f'demo.root="{tmp_path / "demo"}"', "federation.round_timeout_s=30", "federation.lease_s=600"],
-    )
+    config = small_config(tmp_path / "demo", "federation.round_timeout_s=30", "federation.lease_s=600")
     store, _ = RunStore.open(tmp_path / "run", config)
     state = base_state()
     coordinator = Coordinator(config, store, Manifest.of(state), clock=lambda: now[0])
@@ -154,3 +149,27 @@ def test_a_straggler_stops_training_at_the_round_deadline_and_uploads_nothing(de
         for m in stopped
     )
     assert not list((tmp_path / "run").rglob("p0.safetensors"))
+
+
+@pytest.mark.slow
+def test_a_task_whose_tensors_differ_from_the_policy_is_refused_before_downloading(federation, demo_root):
+    """The task's manifest is checked against the participant's own policy first: nothing is pulled."""
+    from participant.client import ParticipantRuntime
+    from zk0.errors import Zk0Error
+    from zk0.sources import open_source
+
+    fed = federation(*ONE)
+    fed.start("p0")
+    task = fed.task("p0")  # the synthetic model's two tensors, not the demo policy's
+    config = small_config(demo_root)
+    client = ParticipantClient(
+        ClientOptions(coordinator=fed.target, dataset="demo:p0", name="p0", insecure=True)
+    )
+    client.session = fed.sessions["p0"]
+    client.runtime = ParticipantRuntime(config, open_source("demo:p0", config), "cpu", False, None)
+    try:
+        with pytest.raises(Zk0Error, match="tensors differ from this participant's policy"):
+            client.train_round(task)
+    finally:
+        client.channel.close()
+    assert fed.coordinator._round.bytes_down == 0
