@@ -161,7 +161,6 @@ class Fuzzer:
             participant_id=self.text(),
             round=self.integer(),
             version=self.rng.choice([self.version, self.text()]),
-            sample_count=self.integer(),
             metrics=self.metrics(),
         )
         return lambda md: self.stub.ReportEvaluation(request, metadata=md, timeout=10)

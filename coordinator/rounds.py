@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from coordinator.adaptive import Decision
@@ -37,11 +38,19 @@ POLL_SECONDS = 0.5
 WAITING_LOG_S = 10.0  # how often a coordinator waiting for participants says who it has
 
 
+class TaskKind(Enum):
+    """What a participant is told to do next: the values are the names of GetTaskResponse's `task` oneof."""
+
+    TRAIN = "train"
+    WAIT = "wait"
+    DONE = "done"
+
+
 @dataclass
 class Task:
-    """What a participant is told to do next; exactly one of train/wait/done applies."""
+    """What a participant is told to do next; the fields of its kind apply, the others keep their defaults."""
 
-    kind: str  # "train" | "wait" | "done"
+    kind: TaskKind
     round: int = 0
     version: str = ""
     size: int = 0
@@ -270,12 +279,13 @@ class Coordinator:
             if self._done:
                 self._told_done.add(name)
                 self._cond.notify_all()
-                return Task("done", reason=self._done_reason)
+                return Task(TaskKind.DONE, reason=self._done_reason)
             state = self._round
-            if state is None or name not in state.outstanding():
-                return Task("wait", wait_s=POLL_SECONDS, reason="no task for you in this round yet")
+            remaining = state.deadline - self.clock() if state is not None else 0.0
+            if state is None or name not in state.outstanding() or remaining <= 0:
+                return Task(TaskKind.WAIT, wait_s=POLL_SECONDS, reason="no task for you in this round yet")
             return Task(
-                "train",
+                TaskKind.TRAIN,
                 round=state.round,
                 version=self.global_version,
                 size=self.global_size,
@@ -284,7 +294,7 @@ class Coordinator:
                 mu=self.plan.mu,
                 steps=self.config.train.local_steps,
                 seed=self.config.seed * 100_003 + state.round * 101 + state.attempt,
-                deadline_s=max(0.0, state.deadline - self.clock()),
+                deadline_s=remaining,
             )
 
     def count_download(self, name: str, nbytes: int) -> None:

@@ -10,7 +10,7 @@ import grpc
 
 from coordinator.intake import StorageError
 from coordinator.membership import DatasetMismatch, JoinsExhausted, SessionConflict
-from coordinator.rounds import Coordinator
+from coordinator.rounds import Coordinator, TaskKind
 from zk0.errors import Zk0Error
 from zk0.transport import TOKEN_METADATA_KEY, TOKEN_PREFIX
 from zk0.v1 import federation_pb2 as pb
@@ -115,7 +115,6 @@ class FederationService(pb_grpc.FederationServicer):
         except Zk0Error as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         return pb.JoinResponse(
-            participant_id=member.name,
             lease_seconds=self.coordinator.fed.lease_s,
             run_id=self.coordinator.run_id,
             config_toml=self.config_toml,
@@ -127,11 +126,7 @@ class FederationService(pb_grpc.FederationServicer):
     def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatResponse:
         self._authorize(context, request.participant_id)
         registered = self.coordinator.heartbeat(request.participant_id, request.session_id)
-        return pb.HeartbeatResponse(
-            run_active=not self.coordinator.done,
-            registered=registered,
-            lease_seconds=self.coordinator.fed.lease_s,
-        )
+        return pb.HeartbeatResponse(run_active=not self.coordinator.done, registered=registered)
 
     def GetTask(self, request: pb.GetTaskRequest, context: grpc.ServicerContext) -> pb.GetTaskResponse:
         name = request.participant_id
@@ -139,9 +134,9 @@ class FederationService(pb_grpc.FederationServicer):
         if not self.coordinator.done:
             self._registered(context, name, request.session_id)
         task = self.coordinator.task_for(name)
-        if task.kind == "done":
+        if task.kind is TaskKind.DONE:
             return pb.GetTaskResponse(done=pb.Done(reason=task.reason))
-        if task.kind == "wait":
+        if task.kind is TaskKind.WAIT:
             return pb.GetTaskResponse(wait=pb.Wait(seconds=task.wait_s, reason=task.reason))
         return pb.GetTaskResponse(
             train=pb.TrainTask(
@@ -150,12 +145,7 @@ class FederationService(pb_grpc.FederationServicer):
                 model_size=task.size,
                 manifest=task.manifest.to_proto(),
                 hyperparameters=pb.Hyperparameters(
-                    local_steps=task.steps,
-                    lr=task.lr,
-                    mu=task.mu,
-                    schedule=self.coordinator.config.train.schedule,
-                    seed=task.seed,
-                    batch_size=self.coordinator.config.train.batch_size,
+                    local_steps=task.steps, lr=task.lr, mu=task.mu, seed=task.seed
                 ),
                 deadline_seconds=task.deadline_s,
             )
@@ -176,11 +166,7 @@ class FederationService(pb_grpc.FederationServicer):
         size = model.size
         if not 0 <= request.offset <= size:
             context.abort(grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} outside {size} bytes")
-        yield pb.DownloadModelResponse(
-            info=pb.ModelInfo(
-                version=request.version, size=size, manifest=self.coordinator.manifest.to_proto()
-            )
-        )
+        yield pb.DownloadModelResponse(info=pb.ModelInfo(version=request.version, size=size))
         for message, length in model.chunks(request.offset):  # read from the model's file
             yield message
             self.coordinator.count_download(name, length)

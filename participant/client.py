@@ -30,7 +30,7 @@ from zk0.policy import frozen_fingerprint, load_trainable_state, resolve_device,
 from zk0.tensors import Manifest, decode_state, encode_state
 from zk0.training.datamodule import LeRobotDataModule
 from zk0.training.lightning_module import RoundPlan, SmolVLAModule
-from zk0.training.local_training import LocalTrainer, RoundResult
+from zk0.training.local_training import DeadlinePassed, LocalTrainer, RoundResult
 from zk0.training.runtime import build_runtime
 from zk0.transfer import ChunkAssembler, iter_chunks
 from zk0.transport import GRPC_OPTIONS, channel_credentials, is_loopback, token_metadata
@@ -100,6 +100,7 @@ class ParticipantRuntime:
             module, datamodule, device=device, precision=config.train.precision, progress=progress, stop=stop
         )
         self.fingerprint = frozen_fingerprint(self.bundle.policy)
+        self.manifest = Manifest.of(trainable_state(self.bundle.policy))  # what a task's model must match
 
     def evaluate(self) -> dict[str, float] | None:
         if self.heldout is None:
@@ -396,33 +397,36 @@ class ParticipantClient:
     def train_round(self, task: pb.TrainTask) -> None:
         runtime = self.runtime
         name = self.options.name
+        deadline = time.monotonic() + task.deadline_seconds if task.deadline_seconds > 0 else None
+        expected = Manifest.from_proto(task.manifest)
+        if runtime.manifest != expected:  # before pulling a model this policy could not load
+            raise Zk0Error(f"model {task.model_version[:12]}'s tensors differ from this participant's policy")
         data = self.download(task)
         state = decode_state(data)
-        if Manifest.of(state) != Manifest.from_proto(task.manifest):
+        if Manifest.of(state) != expected:
             raise Zk0Error(f"model {task.model_version[:12]} does not match its manifest")
         hp = task.hyperparameters
         with self.train_lock or nullcontext():
             check(self.interrupt)  # simulate's participants queue for the device: stop, do not train
+            if deadline is not None and time.monotonic() >= deadline:
+                log.warning("%s: round %d: its deadline passed before training could start", name, task.round)
+                return
             load_trainable_state(runtime.bundle.policy, state)
             local_eval = runtime.evaluate()
             if local_eval is not None:
-                self._call(
-                    lambda: self.stub.ReportEvaluation(
-                        pb.ReportEvaluationRequest(
-                            participant_id=name,
-                            round=task.round,
-                            version=task.model_version,
-                            sample_count=int(local_eval["samples"]),
-                            metrics=local_eval,
-                            session_id=self.session,
-                        ),
-                        metadata=self.metadata,
-                        timeout=30,
-                    ),
-                    "report evaluation",
-                )
+                self.report_evaluation(task, local_eval)
             log.info("%s: round %d, %d steps at lr %g, mu %g", name, task.round, hp.local_steps, hp.lr, hp.mu)
-            result, payload = self.local_update(runtime, hp)
+            try:
+                result, payload = self.local_update(runtime, hp, deadline)
+            except DeadlinePassed as e:
+                log.warning(
+                    "%s: round %d: %s; not uploading (raise federation.round_timeout_s or lower "
+                    "train.local_steps)",
+                    name,
+                    task.round,
+                    e,
+                )
+                return
         metrics = {**result.as_dict(), "mu": hp.mu, "lr": hp.lr}  # what we were sent, for the record
         header = pb.UpdateHeader(
             participant_id=name,
@@ -454,12 +458,32 @@ class ParticipantClient:
         else:
             log.warning("%s: round %d update refused: %s", name, task.round, reply.reason)
 
-    def local_update(self, runtime: ParticipantRuntime, hp: pb.Hyperparameters) -> tuple[RoundResult, bytes]:
-        """Train the loaded global model for one round; (the result, the encoded update to upload)."""
-        result = runtime.trainer.train_round(
-            RoundPlan(lr=hp.lr, mu=hp.mu, steps=hp.local_steps), seed=hp.seed
-        )
+    def local_update(
+        self, runtime: ParticipantRuntime, hp: pb.Hyperparameters, deadline: float | None
+    ) -> tuple[RoundResult, bytes]:
+        """Train the loaded global model for one round, stopping at `deadline` (DeadlinePassed); (the result,
+        the encoded update to upload)."""
+        plan = RoundPlan(lr=hp.lr, mu=hp.mu, steps=hp.local_steps)
+        result = runtime.trainer.train_round(plan, seed=hp.seed, deadline=deadline)
         return result, encode_state(trainable_state(runtime.bundle.policy))
+
+    def report_evaluation(self, task: pb.TrainTask, metrics: dict[str, float]) -> None:
+        """Send our evaluation of the round's model; one the coordinator does not count is logged with why."""
+        request = pb.ReportEvaluationRequest(
+            participant_id=self.options.name,
+            round=task.round,
+            version=task.model_version,
+            metrics=metrics,
+            session_id=self.session,
+        )
+        reply = self._call(
+            lambda: self.stub.ReportEvaluation(request, metadata=self.metadata, timeout=30),
+            "report evaluation",
+        )
+        if not reply.recorded:
+            log.warning(
+                "%s: round %d evaluation not recorded: %s", self.options.name, task.round, reply.reason
+            )
 
     def _upload_messages(self, header: pb.UpdateHeader, payload: bytes) -> Iterator[pb.UploadUpdateRequest]:
         yield pb.UploadUpdateRequest(header=header)

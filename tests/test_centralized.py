@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import small_config
 
 from coordinator.server import CoordinatorServer, ServerOptions
 from zk0.centralized import run_centralized
-from zk0.config import load_config
 
 ROOT = Path(__file__).parent.parent
 
@@ -19,20 +19,8 @@ ROOT = Path(__file__).parent.parent
 def test_centralized_round_zero_equals_the_coordinators_and_it_writes_the_federated_reports(
     demo_root, tmp_path
 ):
-    config = load_config(
-        ROOT / "configs" / "demo.toml",
-        [
-            f'demo.root="{demo_root}"',
-            "demo.episodes=3",
-            "demo.frames_per_episode=30",
-            # a device this machine lacks: only the `device` argument can make the run work
-            'train.device="mps"',
-            "train.local_steps=2",
-            "train.batch_size=4",
-            "eval.batches=1",
-            "federation.rounds=1",
-        ],
-    )
+    # a device this machine lacks: only the `device` argument can make the run work
+    config = small_config(demo_root, 'train.device="mps"')
     # The coordinator evaluates the initial global model as it prepares the run (round 0 of metrics.jsonl).
     server = CoordinatorServer(config, tmp_path / "federated", ServerOptions(insecure=True, device="cpu"))
     federated = server.store.run.read_metrics()[0]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import set_args, small_overrides
 
 from zk0.config import load_config
 from zk0.policy import load_exported
@@ -44,22 +45,16 @@ def test_bad_override_names_the_key(tmp_path):
 @pytest.mark.slow
 def test_centralized_demo_end_to_end(tmp_path):
     run = tmp_path / "run"
-    args = [
-        "centralized",
-        "--run-dir",
-        str(run),
-        "--no-progress",
-        "--set",
-        f'demo.root="{tmp_path / "demo"}"',
-        "--set",
+    overrides = small_overrides(
+        tmp_path / "demo",  # a bigger demo of its own, on which a loss must fall
         "demo.episodes=4",
-        "--set",
         "demo.frames_per_episode=40",
-        "--set",
+        "train.batch_size=8",
+        "eval.batches=0",
         "federation.rounds=2",
-        "--set",
-        "train.local_steps=10",
-    ]
+        "train.local_steps=10",  # last: changed below
+    )
+    args = ["centralized", "--run-dir", str(run), "--no-progress", *set_args(overrides)]
     result = zk0(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import set_args, small_overrides
 
 ROOT = Path(__file__).parent.parent
 ZK0 = str(Path(sys.executable).parent / "zk0")
@@ -19,22 +20,18 @@ LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) ")
 @pytest.mark.slow
 def test_simulate_redirected_keeps_stdout_for_results_and_logs_one_line_per_round(tmp_path):
     run = tmp_path / "run"
-    overrides = [
-        f'demo.root="{tmp_path / "demo"}"',  # generated here: the video encoding is part of the run
+    overrides = small_overrides(
+        tmp_path / "demo",  # generated here: the video encoding is part of the run
         "demo.episodes=2",
         "demo.frames_per_episode=20",
         'data.participants=["demo:p0", "demo:p1"]',
         "federation.min_participants=2",
         "federation.min_updates=2",
         "data.heldout_episodes=0",
-        "train.local_steps=2",
-        "train.batch_size=4",
-        "eval.batches=1",
         "federation.rounds=2",
-        "federation.lease_s=3",
-    ]
+    )
     command = [ZK0, "simulate", "--config", str(ROOT / "configs" / "demo.toml"), "--run-dir", str(run)]
-    command += ["--device", "cpu", *[arg for o in overrides for arg in ("--set", o)]]
+    command += ["--device", "cpu", *set_args(overrides)]
     # A fresh datasets cache, as on a fresh clone: datasets converts the parquet files, with a progress bar
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     env["HF_DATASETS_CACHE"] = str(tmp_path / "datasets-cache")

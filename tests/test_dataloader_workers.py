@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import small_config
 
-from zk0.config import load_config
 from zk0.simulate import simulate
 from zk0.training.datamodule import LeRobotDataModule
-
-ROOT = Path(__file__).parent.parent
 
 
 def test_workers_are_spawned():
@@ -24,23 +20,15 @@ def test_workers_are_spawned():
 @pytest.mark.filterwarnings("error:This process .* is multi-threaded, use of fork:DeprecationWarning")
 def test_a_participant_round_with_dataloader_workers(demo_root, tmp_path):
     """A real round over gRPC (participant thread, heartbeats, coordinator) with a worker per loader."""
-    config = load_config(
-        ROOT / "configs" / "demo.toml",
-        [
-            f'demo.root="{demo_root}"',
-            "demo.episodes=3",
-            "demo.frames_per_episode=30",
-            'data.participants=["demo:p0"]',
-            "federation.min_participants=1",
-            "federation.min_updates=1",
-            "data.num_workers=1",
-            "train.local_steps=3",
-            "eval.batches=1",
-            "federation.rounds=1",
-            "federation.lease_s=3",
-            "federation.round_timeout_s=300",
-            "federation.join_timeout_s=300",
-        ],
+    config = small_config(
+        demo_root,
+        'data.participants=["demo:p0"]',
+        "federation.min_participants=1",
+        "federation.min_updates=1",
+        "data.num_workers=1",
+        "train.local_steps=3",
+        "federation.round_timeout_s=300",
+        "federation.join_timeout_s=300",
     )
     history = simulate(config, tmp_path / "run", device="cpu", progress=False)
     (entry,) = [e for e in history if e["round"] == 1]

@@ -16,17 +16,16 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import small_config
 
 from coordinator.server import CoordinatorServer, ServerOptions
 from coordinator.service import read_tokens
 from participant.client import ClientOptions, ParticipantClient
-from zk0.config import load_config
 from zk0.errors import Zk0Error
 from zk0.transport import GRPC_OPTIONS, TOKEN_METADATA_KEY, token_metadata
 from zk0.v1 import federation_pb2 as pb
 from zk0.v1 import federation_pb2_grpc as pb_grpc
 
-CONFIGS = Path(__file__).parent.parent / "configs"
 OPENSSL = "/usr/bin/openssl"
 TOKENS = {"alice": secrets.token_hex(16), "bob": secrets.token_hex(16)}
 PARTICIPANTS = {"alice": "demo:p0", "bob": "demo:p1"}
@@ -81,27 +80,6 @@ def tokens_file(tmp_path) -> Path:
     path = tmp_path / "tokens"
     path.write_text("# participant token\n" + "".join(f"{n} {t}\n" for n, t in TOKENS.items()))
     return path
-
-
-def small_config(demo_root: Path, *overrides: str):
-    return load_config(
-        CONFIGS / "demo.toml",
-        [
-            f'demo.root="{demo_root}"',
-            "demo.episodes=3",
-            "demo.frames_per_episode=30",
-            "train.batch_size=4",
-            "train.local_steps=2",
-            'train.device="cpu"',
-            "eval.batches=1",
-            "federation.rounds=1",
-            "federation.lease_s=3",
-            "federation.round_timeout_s=60",
-            "federation.join_timeout_s=120",
-            'federation.on_join_timeout="stop"',
-            *overrides,
-        ],
-    )
 
 
 @pytest.fixture
@@ -239,7 +217,7 @@ def test_calls_without_valid_credentials_are_refused_and_logged(start_server, pk
 
         # The control: the same channel with the right token gets in.
         reply = join(stub, "alice", token_metadata(TOKENS["alice"]))
-        assert reply.participant_id == "alice"
+        assert reply.session_id and reply.run_id
         assert server.coordinator.is_registered("alice")
         assert not server.coordinator.is_registered("bob")
     finally:

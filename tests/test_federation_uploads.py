@@ -13,15 +13,14 @@ import logging
 import threading
 import time
 from concurrent import futures
-from pathlib import Path
 
 import grpc
 import pytest
 import torch
+from conftest import small_config
 
 from coordinator.server import CoordinatorServer, ServerOptions
 from participant.client import DOWNLOAD_ATTEMPTS, ClientOptions, ParticipantClient, description
-from zk0.config import load_config
 from zk0.errors import Zk0Error
 from zk0.payload import sha256_hex
 from zk0.tensors import Manifest, decode_state, encode_state
@@ -30,32 +29,9 @@ from zk0.transport import GRPC_OPTIONS
 from zk0.v1 import federation_pb2 as pb
 from zk0.v1 import federation_pb2_grpc as pb_grpc
 
-CONFIGS = Path(__file__).parent.parent / "configs"
 HONEST = {"honest-a": "demo:p0", "honest-b": "demo:p1"}
 ROUND_TIMEOUT_S = 60.0
 ROGUE_CHUNK = 256 * 1024  # several chunks per upload, whatever the coordinator's own chunk size
-
-
-def small_config(demo_root: Path, *overrides: str):
-    return load_config(
-        CONFIGS / "demo.toml",
-        [
-            f'demo.root="{demo_root}"',
-            "demo.episodes=3",
-            "demo.frames_per_episode=30",
-            "federation.server_lr=1.0",  # plain FedAvg: the global model is the mean of the accepted updates
-            "train.batch_size=4",
-            "train.local_steps=2",
-            'train.device="cpu"',
-            "eval.batches=1",
-            "federation.rounds=1",
-            "federation.lease_s=3",
-            f"federation.round_timeout_s={ROUND_TIMEOUT_S}",
-            "federation.join_timeout_s=120",
-            'federation.on_join_timeout="stop"',
-            *overrides,
-        ],
-    )
 
 
 # ---------------------------------------------------------------------------------------- the rogues
@@ -225,6 +201,8 @@ def test_flawed_uploads_are_refused_and_the_round_completes_from_the_others(demo
     caplog.set_level(logging.WARNING, logger="coordinator.rounds")
     config = small_config(
         demo_root,
+        "federation.server_lr=1.0",  # plain FedAvg: the global model is the mean of the accepted updates
+        f"federation.round_timeout_s={ROUND_TIMEOUT_S}",
         f"federation.min_participants={len(HONEST) + len(ROGUES)}",
         "federation.min_updates=2",
         "federation.fraction=1.0",
@@ -264,7 +242,6 @@ def test_flawed_uploads_are_refused_and_the_round_completes_from_the_others(demo
     ]
     ready = threading.Event()
     rogues = {name: Rogue(name, port, ready) for name in ROGUES}
-    started = time.monotonic()
     for thread in honest_threads:
         thread.start()
     for rogue in rogues.values():
@@ -282,7 +259,6 @@ def test_flawed_uploads_are_refused_and_the_round_completes_from_the_others(demo
             rogue.thread.join(timeout=30)
         for thread in honest_threads:
             thread.join(timeout=30)
-    elapsed = time.monotonic() - started
 
     assert not failures, failures
     assert rounds_trained == {name: 1 for name in HONEST}
@@ -320,8 +296,7 @@ def test_flawed_uploads_are_refused_and_the_round_completes_from_the_others(demo
     assert refused["rogue-stale"].startswith("wrong_round: stale round 0")
     assert set(entry["updates"]) == set(HONEST)
     assert entry["bytes"]["up"] == sum(u["bytes"] for u in entry["updates"].values())
-    assert entry["seconds"]["train"] < ROUND_TIMEOUT_S / 3, entry["seconds"]
-    assert elapsed < ROUND_TIMEOUT_S, elapsed
+    assert "deadline passed" not in caplog.text  # it ended when every sampled participant had answered
     assert "version" in entry
 
     # Nothing of the rogues was kept: only the honest updates are spooled, and no partial file remains.

@@ -167,7 +167,6 @@ class Federation:
             session_id=self.sessions.get(name, ""),
             round=task.round,
             version=task.model_version,
-            sample_count=4,
             metrics=metrics,
         )
         return self.stub.ReportEvaluation(request, timeout=10)

@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
+from conftest import small_config
 
 from coordinator import strategies
 from coordinator.features import feature_differences
@@ -390,10 +391,7 @@ def test_the_coordinator_checks_joins_against_its_evaluation_datasets(demo_root,
     from participant.client import description
     from zk0.data import open_source
 
-    config = load_config(
-        CONFIGS / "demo.toml",
-        [f'demo.root="{demo_root}"', "demo.episodes=3", "demo.frames_per_episode=30", "eval.batches=1"],
-    )
+    config = small_config(demo_root)
     own = description(open_source("demo:p0", config), "demo:p0")
     renamed = pb.DatasetDescription()
     renamed.CopyFrom(own)
@@ -440,10 +438,7 @@ def test_a_participant_whose_camera_is_named_differently_stops_with_one_line(dem
     from coordinator.server import CoordinatorServer, ServerOptions
     from zk0.data import open_source
 
-    config = load_config(
-        CONFIGS / "demo.toml",
-        [f'demo.root="{demo_root}"', "demo.episodes=3", "demo.frames_per_episode=30", "eval.batches=1"],
-    )
+    config = small_config(demo_root)
     source = open_source("demo:p0", config)  # generated if this test runs first
     dataset = renamed_camera_copy(
         source.ref.root, tmp_path / "wrist-data", "observation.images.front", "observation.images.wrist"

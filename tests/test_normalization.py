@@ -1,21 +1,17 @@
 """Shared normalization: what the coordinator sends at join, and what a participant then normalizes with."""
 
-from pathlib import Path
-
 import grpc
 import numpy as np
 import pytest
 import torch
+from conftest import small_config
 
 from coordinator.server import CoordinatorServer, ServerOptions
 from participant.client import ParticipantRuntime
-from zk0.config import load_config
 from zk0.data import open_source
 from zk0.normalization import NORMALIZED, stats_from_json, stats_to_json, with_shared
 from zk0.v1 import federation_pb2 as pb
 from zk0.v1 import federation_pb2_grpc as pb_grpc
-
-ROOT = Path(__file__).parent.parent
 
 
 def test_stats_round_trip_and_merge():
@@ -44,11 +40,7 @@ def normalizer_stats(runtime: ParticipantRuntime) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["coordinator", "local"])
 def test_participants_normalize_as_the_config_says(demo_root, tmp_path, mode):
-    config = load_config(
-        ROOT / "configs/demo.toml",
-        [f'demo.root="{demo_root}"', "demo.episodes=3", "demo.frames_per_episode=30", "eval.batches=1",
-         f'data.normalization="{mode}"'],
-    )  # fmt: skip
+    config = small_config(demo_root, f'data.normalization="{mode}"')
     server = CoordinatorServer(config, tmp_path / "run", ServerOptions(insecure=True, device="cpu"))
     port = server.start()
     try:

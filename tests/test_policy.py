@@ -5,13 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import small_config
 from lerobot.configs import PreTrainedConfig
 from lerobot.datasets.factory import resolve_delta_timestamps
 from lerobot.policies.factory import make_pre_post_processors
 from lerobot.policies.smolvla import SmolVLAPolicy
 from torch.utils.data import DataLoader
 
-from zk0.config import ModelConfig, load_config
+from zk0.config import ModelConfig
 from zk0.data import open_source, training_split
 from zk0.errors import Zk0Error
 from zk0.policy import (
@@ -24,14 +25,10 @@ from zk0.policy import (
     trainable_state,
 )
 
-CONFIGS = Path(__file__).parent.parent / "configs"
-
 
 @pytest.fixture(scope="module")
 def built(demo_root):
-    config = load_config(
-        CONFIGS / "demo.toml", [f'demo.root="{demo_root}"', "demo.episodes=3", "demo.frames_per_episode=30"]
-    )
+    config = small_config(demo_root)
     source = open_source("demo:p1", config)
     torch.manual_seed(0)
     bundle = build_policy(config.model, source.meta, source.meta.stats, device="cpu", demo_root=demo_root)

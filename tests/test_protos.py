@@ -11,7 +11,9 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
+from google.protobuf import descriptor_pb2
 
+from coordinator.rounds import TaskKind
 from zk0.payload import PayloadRejected, sha256_hex
 from zk0.protogen import REPO_ROOT
 from zk0.tensors import Manifest, decode_state, encode_state
@@ -77,6 +79,40 @@ def test_check_detects_a_proto_changed_without_regenerating(tmp_path: Path):
     assert "zk0/v1/stray_pb2.py (no .proto generates it)" in result.stderr
 
 
+# ---------------------------------------------------------------------------------------- retired fields
+
+# Fields nothing read (or that said what another field already says), deleted and reserved so that no later
+# field reuses their number or name with another meaning.
+RETIRED = {
+    "JoinResponse": {"participant_id": 1},  # the id is the name it joined with
+    "HeartbeatResponse": {"lease_seconds": 3},  # stated once, at join
+    "Hyperparameters": {"schedule": 4, "batch_size": 6},  # fixed for the run: in the config sent at join
+    "ModelInfo": {"manifest": 3},  # travels in the TrainTask
+    "ReportEvaluationRequest": {"sample_count": 4},  # metrics["samples"]
+}
+
+
+def test_retired_fields_are_gone_and_reserved():
+    file = descriptor_pb2.FileDescriptorProto()
+    pb.DESCRIPTOR.CopyToProto(file)
+    messages = {m.name: m for m in file.message_type}
+    for message, fields in RETIRED.items():
+        proto = messages[message]
+        assert not set(fields) & {f.name for f in proto.field}, message
+        assert set(fields) <= set(proto.reserved_name), message
+        reserved = {n for r in proto.reserved_range for n in range(r.start, r.end)}
+        assert set(fields.values()) <= reserved, message
+
+
+def test_a_round_plan_carries_only_what_changes_per_round():
+    assert [f.name for f in pb.Hyperparameters.DESCRIPTOR.fields] == ["local_steps", "lr", "mu", "seed"]
+
+
+def test_the_coordinators_task_kinds_are_the_wire_oneof():
+    oneof = pb.GetTaskResponse.DESCRIPTOR.oneofs_by_name["task"]
+    assert [k.value for k in TaskKind] == [f.name for f in oneof.fields]
+
+
 # ---------------------------------------------------------------------------------------- loopback transfers
 
 
@@ -92,7 +128,7 @@ class TinyFederation(pb_grpc.FederationServicer):
     def DownloadModel(self, request: pb.DownloadModelRequest, context) -> Iterator[pb.DownloadModelResponse]:
         if request.version != self.version:
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown version {request.version[:12]}")
-        info = pb.ModelInfo(version=self.version, size=len(self.model), manifest=self.manifest.to_proto())
+        info = pb.ModelInfo(version=self.version, size=len(self.model))
         yield pb.DownloadModelResponse(info=info)
         for offset, piece in iter_chunks(self.model, CHUNK, start=request.offset):
             yield pb.DownloadModelResponse(chunk=pb.Chunk(offset=offset, data=bytes(piece)))
@@ -186,7 +222,7 @@ def test_model_goes_down_and_an_update_comes_back_intact(stub, model: bytes, tmp
     assembler, info = download(client, servicer.version)
     received = assembler.finish()
     assert sha256_hex(received) == info.version == servicer.version
-    assert Manifest.from_proto(info.manifest) == servicer.manifest
+    assert Manifest.of(decode_state(received)) == servicer.manifest
 
     trained = {name: tensor + 1 for name, tensor in decode_state(received).items()}
     payload = encode_state(trained)

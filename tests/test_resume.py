@@ -12,7 +12,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from test_federation import BIN, client_thread, free_port, metrics, small_config, wait_for
+from conftest import set_args, small_config, small_overrides
+from test_federation import BIN, client_thread, free_port, metrics, wait_for
 
 from coordinator.server import CoordinatorServer, ServerOptions
 from participant.client import description
@@ -202,19 +203,13 @@ def small_disk(tmp_path):
 @pytest.mark.slow
 def test_a_full_disk_stops_with_one_line_and_the_run_resumes_once_space_is_freed(demo_root, small_disk):
     run = small_disk / "run"
-    overrides = [
-        f'demo.root="{demo_root}"',
-        "demo.episodes=3",
-        "demo.frames_per_episode=30",
-        "train.device=cpu",
-        "train.local_steps=2",
-        "eval.batches=1",
-        "federation.rounds=1",
+    overrides = small_overrides(
+        demo_root,
         'data.participants=["demo:p0", "demo:p1"]',
         "federation.min_participants=2",
         "federation.min_updates=2",
-    ]
-    sets = [a for o in overrides for a in ("--set", o)]
+    )
+    sets = set_args(overrides)
     command = [sys.executable, "-m", "zk0.cli", "simulate", "--run-dir", str(run), "--no-progress", *sets]
     root = Path(__file__).parent.parent
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import small_overrides
 
 from zk0.config import config_to_toml, load_config
 from zk0.errors import Zk0Error
@@ -133,18 +134,12 @@ def test_recover_metrics_drops_a_torn_last_line_and_refuses_a_damaged_middle(tmp
 @pytest.mark.slow
 def test_simulate_reports_a_finished_run_and_extends_it_when_rounds_rise(demo_root, tmp_path):
     run = tmp_path / "run"
-    small = [
-        f'demo.root="{demo_root}"',
-        "demo.episodes=3",
-        "demo.frames_per_episode=30",
-        "train.device=cpu",
-        "train.local_steps=2",
-        "eval.batches=1",
-        "federation.lease_s=3",
+    small = small_overrides(
+        demo_root,
         'data.participants=["demo:p0", "demo:p1"]',
         "federation.min_participants=2",
         "federation.min_updates=2",
-    ]
+    )
 
     def simulate(rounds: int) -> subprocess.CompletedProcess:
         sets = [a for o in [*small, f"federation.rounds={rounds}"] for a in ("--set", o)]

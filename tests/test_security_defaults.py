@@ -179,25 +179,18 @@ def test_push_creates_a_private_repository_unless_told_public(fake_hub, tmp_path
 @pytest.mark.slow
 def test_simulate_public_flag_reaches_the_repository_it_creates(fake_hub, demo_root, tmp_path):
     """`zk0 simulate --public` down to the hub call: the run trains, then creates a public repository."""
-    from zk0.config import load_config
+    from conftest import small_config
+
     from zk0.simulate import simulate
 
     FakeHubHandler.whoami = {"name": "someone", "orgs": [], "auth": {"accessToken": {"role": "write"}}}
-    config = load_config(
-        ROOT / "configs" / "demo.toml",
-        [
-            f'demo.root="{demo_root}"',
-            "demo.episodes=3",
-            "demo.frames_per_episode=30",
-            'train.device="cpu"',
-            "train.local_steps=1",
-            "eval.batches=1",
-            "eval.action_error=false",
-            "federation.rounds=1",
-            'data.participants=["demo:p0", "demo:p1"]',
-            "federation.min_participants=2",
-            "federation.round_timeout_s=120",
-        ],
+    config = small_config(
+        demo_root,
+        "train.local_steps=1",
+        "eval.action_error=false",
+        'data.participants=["demo:p0", "demo:p1"]',
+        "federation.min_participants=2",
+        "federation.round_timeout_s=120",
     )
     with pytest.raises(Zk0Error, match="refused the upload"):  # the fake endpoint takes no files
         simulate(

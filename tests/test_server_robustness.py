@@ -17,42 +17,25 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import small_config
 from test_federation import client_thread, free_port
 
 from bench.fuzz_calls import Fuzzer
 from coordinator.guard import CallGuard, one_line
 from coordinator.server import CoordinatorServer, ServerOptions
 from coordinator.transfers import Transfer, TransferGate, overdue
-from zk0.config import config_to_toml, load_config
+from zk0.config import config_to_toml
 from zk0.ratelog import RateLimiter
 from zk0.transport import GRPC_OPTIONS, token_metadata
 from zk0.v1 import federation_pb2 as pb
 from zk0.v1 import federation_pb2_grpc as pb_grpc
 
-ROOT = Path(__file__).parent.parent
 BIN = Path(sys.executable).parent
 TOKENS = {"p0": "p0-token-0123456789", "p1": "p1-token-0123456789"}
 
 
-def small_config(demo_root: Path, *overrides: str):
-    return load_config(
-        ROOT / "configs" / "demo.toml",
-        [
-            f'demo.root="{demo_root}"',
-            "demo.episodes=3",
-            "demo.frames_per_episode=30",
-            'train.device="cpu"',
-            "train.batch_size=4",
-            "train.local_steps=2",
-            "eval.batches=1",
-            "federation.rounds=1",
-            "federation.min_participants=2",
-            "federation.lease_s=5",
-            "federation.round_timeout_s=120",
-            "federation.join_timeout_s=120",
-            *overrides,
-        ],
-    )
+# Two participants make a round; a 5 s lease and a 120 s round outlast the hostile streams' load.
+ROBUSTNESS = ("federation.min_participants=2", "federation.lease_s=5", "federation.round_timeout_s=120")
 
 
 def serve(
@@ -63,7 +46,7 @@ def serve(
         path = tmp_path / "tokens"
         path.write_text("".join(f"{name} {token}\n" for name, token in TOKENS.items()))
     options = ServerOptions(insecure=True, device="cpu", tokens=path)
-    server = CoordinatorServer(small_config(demo_root, *overrides), tmp_path / "run", options)
+    server = CoordinatorServer(small_config(demo_root, *ROBUSTNESS, *overrides), tmp_path / "run", options)
     return server, server.start()
 
 
@@ -260,6 +243,7 @@ def test_coordinator_process_finishes_an_honest_run_and_exits_with_hostile_strea
     the process exits 0 (a generous timeout, no timing assertion)."""
     config = small_config(
         demo_root,
+        *ROBUSTNESS,
         "federation.header_timeout_s=3",
         "federation.transfer_idle_timeout_s=5",
         "federation.lease_s=3",

@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import set_args, small_config, small_overrides
 
 from coordinator.server import CoordinatorServer, ServerOptions
-from zk0.config import config_to_toml, load_config
+from zk0.config import config_to_toml
 
 ROOT = Path(__file__).parent.parent
 BIN = Path(sys.executable).parent
@@ -24,26 +25,18 @@ SIGNALS = [signal.SIGINT, signal.SIGTERM]
 EXIT_WITHIN_S = 120  # generous: two CPU cores shared with other test runs
 
 
-def tiny(demo_root: Path, *extra: str) -> list[str]:
-    """--set arguments for a tiny demo run whose training outlasts the test (it is always interrupted)."""
-    overrides = [
-        f'demo.root="{demo_root}"',
-        "demo.episodes=3",
-        "demo.frames_per_episode=30",
-        'train.device="cpu"',
-        "train.local_steps=100000",
-        "eval.batches=1",
-        "federation.rounds=2",
-        "federation.lease_s=3",
-        *extra,
-    ]
-    return [arg for o in overrides for arg in ("--set", o)]
+# The small run, with training that outlasts every test here (it is always interrupted).
+ENDLESS = ("train.local_steps=100000", "federation.rounds=2", "federation.round_timeout_s=300")
+ONE_PARTICIPANT = (
+    'data.participants=["demo:p0"]',
+    "federation.min_participants=1",
+    "federation.min_updates=1",
+)
 
 
-def small_config(demo_root: Path, *extra: str):
-    one = ['data.participants=["demo:p0"]', "federation.min_participants=1", "federation.min_updates=1"]
-    args = tiny(demo_root, *one, *extra)
-    return load_config(ROOT / "configs" / "demo.toml", args[1::2])
+def tiny(demo_root: Path) -> list[str]:
+    """--set arguments for the endless small run."""
+    return set_args(small_overrides(demo_root, *ENDLESS))
 
 
 def free_port() -> int:
@@ -122,7 +115,7 @@ def test_simulate_stops_on_a_signal_mid_training(demo_root, tmp_path, sig):
 def test_participant_stops_on_a_signal_mid_training(demo_root, tmp_path, sig, caplog):
     """... and tells the coordinator it leaves, which drops it at once (not when its lease lapses)."""
     caplog.set_level(logging.INFO, logger="coordinator.rounds")
-    config = small_config(demo_root, "federation.lease_s=60")
+    config = small_config(demo_root, *ENDLESS, *ONE_PARTICIPANT, "federation.lease_s=60")
     server = CoordinatorServer(config, tmp_path / "run", ServerOptions(insecure=True, device="cpu"))
     port = server.start()
     try:
@@ -141,7 +134,7 @@ def test_participant_stops_on_a_signal_mid_training(demo_root, tmp_path, sig, ca
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
 def test_coordinator_stops_on_a_signal(demo_root, tmp_path, sig):
     config_path = tmp_path / "config.toml"
-    config_path.write_text(config_to_toml(small_config(demo_root)))
+    config_path.write_text(config_to_toml(small_config(demo_root, *ENDLESS, *ONE_PARTICIPANT)))
     command = [str(BIN / "zk0-coordinator"), "serve", "--config", str(config_path)]
     command += [
         "--run-dir",

@@ -3,37 +3,26 @@
 import copy
 import dataclasses
 import shutil
-from pathlib import Path
+import time
 
 import pytest
 import torch
 from accelerate import Accelerator
+from conftest import small_config
 from lerobot.datasets.factory import resolve_delta_timestamps
 from lerobot.scripts.lerobot_train import update_policy
 from lerobot.utils.logging_utils import AverageMeter, MetricsTracker
 
-from zk0.config import load_config
 from zk0.data import open_dataset, open_source, resolve_spec, training_split
 from zk0.policy import build_policy, load_trainable_state, trainable_state
 from zk0.training.datamodule import BAD_FRAMES_KEY, BadDataError, BadFrame, LeRobotDataModule
 from zk0.training.lightning_module import RoundPlan, SmolVLAModule
-from zk0.training.local_training import LocalTrainer, resolve_precision
-
-CONFIGS = Path(__file__).parent.parent / "configs"
+from zk0.training.local_training import DeadlinePassed, LocalTrainer, resolve_precision
 
 
 @pytest.fixture(scope="module")
 def setup(demo_root):
-    config = load_config(
-        CONFIGS / "demo.toml",
-        [
-            f'demo.root="{demo_root}"',
-            "demo.episodes=3",
-            "demo.frames_per_episode=30",
-            "train.batch_size=4",
-            "train.device=cpu",
-        ],
-    )
+    config = small_config(demo_root)
     source = open_source("demo:p0", config)
     torch.manual_seed(0)
     bundle = build_policy(config.model, source.meta, source.meta.stats, device="cpu", demo_root=demo_root)
@@ -120,6 +109,20 @@ def test_rounds_restart_the_lr_schedule_and_are_seeded(setup):
     load_trainable_state(bundle.policy, start)
     assert again.policy_loss == a.policy_loss
     assert again.update_norm == a.update_norm
+
+
+def test_a_passed_deadline_stops_training_before_the_next_step_and_the_trainer_goes_on(setup):
+    config, bundle, train = setup
+    start = trainable_state(bundle.policy)
+    trainer = make_trainer(config, bundle, train)
+    with pytest.raises(DeadlinePassed, match=r"^the round's deadline passed after 0 of 1000 steps$"):
+        trainer.train_round(RoundPlan(lr=1e-3, mu=0.0, steps=1000), seed=7, deadline=time.monotonic())
+    assert all(torch.equal(trainable_state(bundle.policy)[n], t) for n, t in start.items())
+    far = trainer.train_round(RoundPlan(lr=1e-3, mu=0.0, steps=2), seed=7, deadline=time.monotonic() + 3600)
+    load_trainable_state(bundle.policy, start)
+    none = trainer.train_round(RoundPlan(lr=1e-3, mu=0.0, steps=2), seed=7)
+    load_trainable_state(bundle.policy, start)
+    assert far.steps == none.steps == 2 and far.policy_loss == none.policy_loss
 
 
 def test_precision_setting_reaches_the_trainer(setup):

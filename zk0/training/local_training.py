@@ -67,6 +67,26 @@ class StopOnEvent(L.Callback):
         check(self.stop)
 
 
+class DeadlinePassed(Exception):
+    """The round's deadline passed before local training finished: the coordinator would refuse the update."""
+
+
+class StopAtDeadline(L.Callback):
+    """Ends a fit before the next batch once `deadline` (time.monotonic()) has passed, raising
+    `DeadlinePassed`: a straggler stops spending its device on an update that can no longer count and is
+    free for the next round."""
+
+    def __init__(self, deadline: float, steps: int) -> None:
+        self.deadline = deadline
+        self.steps = steps
+
+    def on_train_batch_start(self, trainer: L.Trainer, *_args) -> None:
+        if time.monotonic() >= self.deadline:
+            raise DeadlinePassed(
+                f"the round's deadline passed after {trainer.global_step} of {self.steps} steps"
+            )
+
+
 class StderrProgressBar(TQDMProgressBar):
     """Lightning's bar writes to stdout, which holds the results; ours goes to stderr with the logs."""
 
@@ -108,7 +128,8 @@ class LocalTrainer:
         self.progress = show_progress(progress)
         self.stop = stop or threading.Event()
 
-    def make_trainer(self, steps: int) -> L.Trainer:
+    def make_trainer(self, steps: int, deadline: float | None = None) -> L.Trainer:
+        at_deadline = [StopAtDeadline(deadline, steps)] if deadline is not None else []
         return L.Trainer(
             max_steps=steps,
             max_epochs=-1,
@@ -117,18 +138,23 @@ class LocalTrainer:
             enable_checkpointing=False,
             enable_model_summary=False,
             enable_progress_bar=self.progress,
-            callbacks=[StopOnEvent(self.stop), *([StderrProgressBar()] if self.progress else [])],
+            callbacks=[
+                StopOnEvent(self.stop),
+                *at_deadline,
+                *([StderrProgressBar()] if self.progress else []),
+            ],
             num_sanity_val_steps=0,
             limit_val_batches=0,
             **trainer_device_args(self.device),
         )
 
-    def train_round(self, plan: RoundPlan, *, seed: int) -> RoundResult:
+    def train_round(self, plan: RoundPlan, *, seed: int, deadline: float | None = None) -> RoundResult:
+        """`plan.steps` steps; `deadline` (time.monotonic(), None: none) stops them with DeadlinePassed."""
         L.seed_everything(seed, workers=True, verbose=False)
         self.datamodule.set_seed(seed)
         self.module.start_round(plan)
         started = time.perf_counter()
-        self.make_trainer(plan.steps).fit(self.module, datamodule=self.datamodule)
+        self.make_trainer(plan.steps, deadline).fit(self.module, datamodule=self.datamodule)
         seconds = time.perf_counter() - started
         logs = self.module.steps_log
         if not logs.policy_loss:

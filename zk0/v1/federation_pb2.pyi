@@ -85,22 +85,20 @@ class JoinRequest(_message.Message):
     def __init__(self, participant_name: _Optional[str] = ..., dataset: _Optional[_Union[DatasetDescription, _Mapping]] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("participant_id", "lease_seconds", "run_id", "config_toml", "frozen_sha256", "normalization_json", "session_id")
-    PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("lease_seconds", "run_id", "config_toml", "frozen_sha256", "normalization_json", "session_id")
     LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_TOML_FIELD_NUMBER: _ClassVar[int]
     FROZEN_SHA256_FIELD_NUMBER: _ClassVar[int]
     NORMALIZATION_JSON_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
-    participant_id: str
     lease_seconds: float
     run_id: str
     config_toml: str
     frozen_sha256: str
     normalization_json: str
     session_id: str
-    def __init__(self, participant_id: _Optional[str] = ..., lease_seconds: _Optional[float] = ..., run_id: _Optional[str] = ..., config_toml: _Optional[str] = ..., frozen_sha256: _Optional[str] = ..., normalization_json: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, lease_seconds: _Optional[float] = ..., run_id: _Optional[str] = ..., config_toml: _Optional[str] = ..., frozen_sha256: _Optional[str] = ..., normalization_json: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("participant_id", "session_id")
@@ -111,14 +109,12 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, participant_id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("run_active", "registered", "lease_seconds")
+    __slots__ = ("run_active", "registered")
     RUN_ACTIVE_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
-    LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     run_active: bool
     registered: bool
-    lease_seconds: float
-    def __init__(self, run_active: _Optional[bool] = ..., registered: _Optional[bool] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
+    def __init__(self, run_active: _Optional[bool] = ..., registered: _Optional[bool] = ...) -> None: ...
 
 class GetTaskRequest(_message.Message):
     __slots__ = ("participant_id", "session_id")
@@ -129,20 +125,16 @@ class GetTaskRequest(_message.Message):
     def __init__(self, participant_id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class Hyperparameters(_message.Message):
-    __slots__ = ("local_steps", "lr", "mu", "schedule", "seed", "batch_size")
+    __slots__ = ("local_steps", "lr", "mu", "seed")
     LOCAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     LR_FIELD_NUMBER: _ClassVar[int]
     MU_FIELD_NUMBER: _ClassVar[int]
-    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
-    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     local_steps: int
     lr: float
     mu: float
-    schedule: str
     seed: int
-    batch_size: int
-    def __init__(self, local_steps: _Optional[int] = ..., lr: _Optional[float] = ..., mu: _Optional[float] = ..., schedule: _Optional[str] = ..., seed: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    def __init__(self, local_steps: _Optional[int] = ..., lr: _Optional[float] = ..., mu: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class TrainTask(_message.Message):
     __slots__ = ("round", "model_version", "model_size", "manifest", "hyperparameters", "deadline_seconds")
@@ -197,14 +189,12 @@ class DownloadModelRequest(_message.Message):
     def __init__(self, participant_id: _Optional[str] = ..., version: _Optional[str] = ..., offset: _Optional[int] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("version", "size", "manifest")
+    __slots__ = ("version", "size")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
-    MANIFEST_FIELD_NUMBER: _ClassVar[int]
     version: str
     size: int
-    manifest: TensorManifest
-    def __init__(self, version: _Optional[str] = ..., size: _Optional[int] = ..., manifest: _Optional[_Union[TensorManifest, _Mapping]] = ...) -> None: ...
+    def __init__(self, version: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class DownloadModelResponse(_message.Message):
     __slots__ = ("info", "chunk")
@@ -260,7 +250,7 @@ class UploadUpdateResponse(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., refusal: _Optional[_Union[Refusal, str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ReportEvaluationRequest(_message.Message):
-    __slots__ = ("participant_id", "round", "version", "sample_count", "metrics", "session_id")
+    __slots__ = ("participant_id", "round", "version", "metrics", "session_id")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -271,16 +261,14 @@ class ReportEvaluationRequest(_message.Message):
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
-    SAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     participant_id: str
     round: int
     version: str
-    sample_count: int
     metrics: _containers.ScalarMap[str, float]
     session_id: str
-    def __init__(self, participant_id: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[str] = ..., sample_count: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., session_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, participant_id: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class ReportEvaluationResponse(_message.Message):
     __slots__ = ("recorded", "reason")
