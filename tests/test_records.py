@@ -116,3 +116,20 @@ def test_an_update_record_carries_the_metrics_intake_requires():
 def test_a_record_with_an_unknown_key_is_refused_not_dropped_silently():
     with pytest.raises(Zk0Error, match="unknown keys \\['surprise'\\]"):
         RoundEntry.from_json({"round": 1, "surprise": 2})
+
+
+def test_an_old_centralized_run_reads_through_the_same_type(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(CENTRALIZED.read_text())
+    records = RunDir(tmp_path).read_records()
+    assert list(latest_rounds(records)) == [0, 1]
+    first = records[1]
+    assert first.steps == 2 and first.train["policy_loss"] > 0 and first.train_losses == {}
+    assert first.hyperparameters == Hyperparameters(lr=0.001, mu=0.0, local_steps=2)  # no per-participant lr
+    assert set(first.heldout.datasets) == {"p0", "p1", "p2"} and first.heldout.loss > 0
+    assert first.attempt is None and first.participants is None and first.updates is None
+    assert first.aggregation == {} and first.best.round == 0
+    history = records_from_metrics(records, base_mu=0.0, base_lr=1e-3)
+    assert [(h.round, h.mu, h.lr, h.eval_loss) for h in history] == [
+        (0, 0.0, 1e-3, records[0].eval.loss),
+        (1, 0.0, 0.001, first.eval.loss),
+    ]
