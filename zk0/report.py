@@ -27,9 +27,6 @@ HYPERPARAMETERS_CHART = "hyperparameters.png"
 PNG_METADATA = {"Software": None}
 CARD_TAGS = ("lerobot", "smolvla", "robotics", "federated-learning")
 
-Entry = RoundEntry
-
-
 # ---------------------------------------------------------------------------------------------- records
 
 
@@ -45,7 +42,7 @@ def _metric(block: Any, key: str) -> float | None:
     return _number(block.get(key)) if isinstance(block, Mapping) else None
 
 
-def eval_series(kept: Mapping[int, Entry], key: str) -> tuple[list[tuple[int, float]], dict]:
+def eval_series(kept: Mapping[int, RoundEntry], key: str) -> tuple[list[tuple[int, float]], dict]:
     """(composite points, {dataset: points}) of one evaluation metric over the evaluated rounds."""
     composite: list[tuple[int, float]] = []
     datasets: dict[str, list[tuple[int, float]]] = {}
@@ -63,7 +60,7 @@ def eval_series(kept: Mapping[int, Entry], key: str) -> tuple[list[tuple[int, fl
     return composite, datasets
 
 
-def participant_series(kept: Mapping[int, Entry], key: str) -> dict[str, list[tuple[int, float]]]:
+def participant_series(kept: Mapping[int, RoundEntry], key: str) -> dict[str, list[tuple[int, float]]]:
     """{participant: points}: round r's participant_eval measured the model the round started from, so it is
     placed at the round that produced that model (found by base_version, which a rollback makes an earlier
     best round; r - 1 when the entry has no base_version or names an unknown one)."""
@@ -81,7 +78,7 @@ def participant_series(kept: Mapping[int, Entry], key: str) -> dict[str, list[tu
     return {name: sorted(points) for name, points in sorted(series.items())}
 
 
-def _redone_rounds(entries: Sequence[Entry], kept: Mapping[int, Entry]) -> list[int]:
+def _redone_rounds(entries: Sequence[RoundEntry], kept: Mapping[int, RoundEntry]) -> list[int]:
     """Rounds recorded more than once, or kept from an attempt after the first."""
     seen: dict[int, int] = {}
     for entry in entries:
@@ -89,7 +86,9 @@ def _redone_rounds(entries: Sequence[Entry], kept: Mapping[int, Entry]) -> list[
     return sorted(r for r in kept if seen.get(r, 0) > 1 or (kept[r].attempt or 1) > 1)
 
 
-def _best_record(entries: Sequence[Entry], kept: Mapping[int, Entry], best: Mapping | None) -> Best | None:
+def _best_record(
+    entries: Sequence[RoundEntry], kept: Mapping[int, RoundEntry], best: Mapping | None
+) -> Best | None:
     """The best model's record: as given, else the last one the run logged, else the evaluated round with
     the lowest composite loss."""
     if best:
@@ -104,22 +103,20 @@ def _best_record(entries: Sequence[Entry], kept: Mapping[int, Entry], best: Mapp
     return Best(round_idx, kept[round_idx].version, loss)
 
 
-def _entry_of(entries: Sequence[Entry], kept: Mapping[int, Entry], best: Best | None) -> Entry | None:
+def _entry_of(
+    entries: Sequence[RoundEntry], kept: Mapping[int, RoundEntry], best: Best | None
+) -> RoundEntry | None:
     """The evaluated entry of the best model's version (the last one recorded), else the kept entry of its
     round."""
     if best is None:
         return None
-    version, round_idx = best.version, best.round
-    if version:
-        for entry in reversed(entries):
-            if entry.version == version and entry.eval is not None:
-                return entry
-        for entry in reversed(entries):
-            if entry.version == version:
-                return entry
-    if round_idx is not None and int(round_idx) in kept:
-        return kept[int(round_idx)]
-    return None
+    for entry in reversed(entries):
+        if entry.version == best.version and entry.eval is not None:
+            return entry
+    for entry in reversed(entries):
+        if entry.version == best.version:
+            return entry
+    return kept.get(best.round)
 
 
 # ----------------------------------------------------------------------------------------------- charts
@@ -184,7 +181,7 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def write_charts(entries: Sequence[Entry], out_dir: Path, *, run: str = "federated run") -> list[Path]:
+def write_charts(entries: Sequence[RoundEntry], out_dir: Path, *, run: str = "federated run") -> list[Path]:
     """Write eval_loss.png and hyperparameters.png into `out_dir`; returns their paths. `run` names the kind
     of run in the titles."""
     out_dir = Path(out_dir)
@@ -287,7 +284,7 @@ def _published_dataset(repo_id: Any) -> str:
     return PRIVATE_DATASET
 
 
-def _eval_at(entry: Entry | None) -> Evaluation:
+def _eval_at(entry: RoundEntry | None) -> Evaluation:
     """The entry's evaluation; an empty one for an entry not evaluated (or none)."""
     if entry is None or entry.eval is None:
         return Evaluation({}, {})
@@ -309,7 +306,7 @@ def _front_matter(base_model: str, dataset_ids: Sequence[str]) -> str:
 def model_card(
     *,
     config_toml: str,
-    entries: Sequence[Entry],
+    entries: Sequence[RoundEntry],
     participants: Mapping[str, Mapping[str, Any]],
     eval_datasets: Mapping[str, Mapping[str, Any]],
     base_model: str,
