@@ -6,7 +6,7 @@ GRPC_OPTIONS, a run directory on disk) in a process of its own, holding a synthe
 DownloadModel the whole model verified by SHA-256 through `ChunkAssembler`, upload it back unchanged: header
 + chunks of federation.chunk_kib). No training, no evaluation: what is timed is the protocol, the spooling,
 the verification, the validation and the aggregation. Each round is timed by the coordinator, from the
-round's start to its aggregated global model saved (`entry["seconds"]`: collect + aggregate); the coordinator
+round's start to its aggregated global model saved (`entry.seconds`: collect + aggregate); the coordinator
 process samples its own RSS and reports its VmHWM (its whole life: start-up, warm-up round, timed rounds).
 
 In the same invocation, for the same P and bytes, `bench.bare_grpc_stream` (a servicer that streams
@@ -194,6 +194,7 @@ def _serve_rounds(
     from coordinator.service import FederationService
     from coordinator.store import RunStore
     from zk0.config import config_to_toml, load_config
+    from zk0.records import RoundEntry
     from zk0.spool import SpoolReader
     from zk0.transport import GRPC_OPTIONS
     from zk0.v1 import federation_pb2_grpc as pb_grpc
@@ -238,9 +239,9 @@ def _serve_rounds(
 
     cpu_mark = [_cpu_seconds()]
 
-    def on_round(round_idx: int, state: RoundState, entry: dict) -> None:
+    def on_round(round_idx: int, state: RoundState, entry: RoundEntry) -> None:
         end = coordinator.clock()
-        collected = state.started + entry["seconds"]["train"]
+        collected = state.started + entry.seconds.train
         cpu = _cpu_seconds()
         cpu_mark.append(cpu)
         done.append(
@@ -248,9 +249,9 @@ def _serve_rounds(
                 "round": round_idx,
                 "at": (state.started, collected, end),
                 "round_s": end - state.started,
-                "collect_s": entry["seconds"]["train"],
-                "aggregate_s": entry["seconds"]["aggregate"],
-                "bytes": entry["bytes"],
+                "collect_s": entry.seconds.train,
+                "aggregate_s": entry.seconds.aggregate,
+                "bytes": entry.bytes.to_json(),
                 "rss_collect": sampler.peak(state.started, collected),
                 "rss_aggregate": sampler.peak(collected, end),
                 "cpu_s": cpu - cpu_mark[-2],  # since the previous round's end: one whole round

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from zk0.records import RoundEntry
+
 HOSTILE = "p3"
 
 
@@ -45,12 +47,9 @@ def poisoning_client(scale: float):
     return PoisoningClient
 
 
-def final_eval(entries: list[dict]) -> dict[str, float]:
-    last = [e for e in entries if "eval" in e][-1]
-    return {
-        "loss": last["eval"]["composite"]["loss"],
-        "action_mae": last["eval"]["composite"].get("action_mae"),
-    }
+def final_eval(entries: list[RoundEntry]) -> dict[str, float]:
+    last = [e for e in entries if e.eval is not None][-1]
+    return {"loss": last.eval.loss, "action_mae": last.eval.composite.get("action_mae")}
 
 
 def run(config_path: Path, overrides: list[str], out: Path, strategy: str, scale: float | None, device: str):

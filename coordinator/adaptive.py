@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from zk0.config import AdaptiveConfig
+from zk0.records import RoundEntry, latest_rounds
 
 
 @dataclass(frozen=True)
@@ -249,25 +250,20 @@ def _change(old: float, new: float, unclamped: float, name: str) -> str:
 
 
 def records_from_metrics(
-    entries: Sequence[Mapping[str, Any]], *, base_mu: float, base_lr: float
+    entries: Iterable[RoundEntry], *, base_mu: float, base_lr: float
 ) -> list[RoundRecord]:
-    """The history `decide()` needs, from metrics.jsonl entries: one record per completed round (the last
+    """The history `decide()` needs, from the run's round records: one per completed round (the last
     aggregated attempt of each), round 0 being the initial model's evaluation."""
-    by_round: dict[int, Mapping[str, Any]] = {}
-    for entry in entries:
-        if "version" in entry:
-            by_round[int(entry["round"])] = entry
     records = []
-    for round_idx in sorted(by_round):
-        entry = by_round[round_idx]
-        hp = entry.get("hyperparameters", {})
+    for round_idx, entry in latest_rounds(entries).items():
+        hp = entry.hyperparameters
         records.append(
             RoundRecord(
                 round=round_idx,
-                eval_loss=entry["eval"]["composite"]["loss"] if "eval" in entry else None,
-                train_losses={n: u["policy_loss"] for n, u in entry.get("updates", {}).items()},
-                mu=hp.get("mu", base_mu),
-                lr=hp.get("lr", base_lr),
+                eval_loss=entry.eval.loss if entry.eval is not None else None,
+                train_losses=entry.train_losses,
+                mu=hp.mu if hp is not None else base_mu,
+                lr=hp.lr if hp is not None else base_lr,
             )
         )
     return records

@@ -19,11 +19,11 @@ from pathlib import Path
 from coordinator.update_bounds import absolute_violation, update_distance
 from zk0.errors import Zk0Error
 from zk0.payload import PayloadRejected
+from zk0.records import EVALUATION_METRICS
 from zk0.spool import SpoolReader
 from zk0.tensors import Manifest
 from zk0.transfer import FileAssembler
 from zk0.validation import (
-    EVALUATION_METRICS,
     Refusal,
     UpdateHeader,
     UpdateRejected,

@@ -27,6 +27,7 @@ from coordinator.strategies import Aggregate, RoundUpdates, Strategy
 from zk0.atomic_files import write_atomic
 from zk0.config import Config
 from zk0.errors import Zk0Error
+from zk0.records import Hyperparameters, Participants, Refused, RoundEntry, Seconds, Traffic, Update
 from zk0.spool import SpoolReader
 from zk0.tensors import Manifest
 from zk0.transfer import ModelFile
@@ -402,8 +403,8 @@ class Coordinator:
     def run(
         self,
         stop: threading.Event,
-        on_round: Callable[[int, RoundState, dict], None],
-        on_failed_attempt: Callable[[int, dict], None],
+        on_round: Callable[[int, RoundState, RoundEntry], None],
+        on_failed_attempt: Callable[[int, RoundEntry], None],
     ) -> None:
         """Drive rounds from the one after the last completed one to the configured count; `on_round` gets
         each aggregated round, `on_failed_attempt` each attempt that gathered too few updates."""
@@ -543,7 +544,8 @@ class Coordinator:
             state.refused[name] = f"{Refusal.BAD_TENSORS.value}: {reason}"
         return result
 
-    def _finish_round(self, state: RoundState, waited: float) -> dict:
+    def _finish_round(self, state: RoundState, waited: float) -> RoundEntry:
+        """The attempt's record (zk0.records), with its version once its updates are aggregated."""
         with self._cond:
             self._round = None  # late uploads are refused from here on
         train_s = self.clock() - state.started
@@ -551,35 +553,35 @@ class Coordinator:
         # The mean (computed in the accumulator's own memory) streams to disk, never encoded in memory; the
         # file is hashed once for its version, and downloads are served from it.
         result = self._aggregate(state) if len(state.accepted) >= self.fed.min_updates else None
-        entry = {
-            "round": state.round,
-            "attempt": state.attempt,
-            "base_version": self.global_version,
-            "hyperparameters": {
-                "lr": self.plan.lr,
-                "mu": self.plan.mu,
-                "local_steps": self.config.train.local_steps,
-                "lr_per_participant": dict(sorted(self.plan.lr_per_participant.items())),
-            },
-            "participants": {
-                "sampled": state.sampled,
-                "accepted": sorted(state.accepted),
-                "refused": [{"participant": n, "reason": r} for n, r in sorted(state.refused.items())],
-                "dropped": sorted(state.dropped),
-            },
-            "updates": {
-                n: {
-                    **h.metrics,
-                    "sample_count": h.sample_count,
-                    "bytes": h.size,
-                    "distance": state.distances.get(n),  # None: kept from a restart, never aggregated
-                }
+        entry = RoundEntry(
+            round=state.round,
+            attempt=state.attempt,
+            base_version=self.global_version,
+            hyperparameters=Hyperparameters(
+                lr=self.plan.lr,
+                mu=self.plan.mu,
+                local_steps=self.config.train.local_steps,
+                lr_per_participant=dict(sorted(self.plan.lr_per_participant.items())),
+            ),
+            participants=Participants(
+                sampled=state.sampled,
+                accepted=sorted(state.accepted),
+                refused=[Refused(n, r) for n, r in sorted(state.refused.items())],
+                dropped=sorted(state.dropped),
+            ),
+            updates={
+                n: Update(
+                    dict(h.metrics),
+                    sample_count=h.sample_count,
+                    bytes=h.size,
+                    distance=state.distances.get(n),  # None: kept from a restart, never aggregated
+                )
                 for n, h in sorted(state.accepted.items())
             },
-            "participant_eval": dict(sorted(state.evaluations.items())),
-            "bytes": {"down": state.bytes_down, "up": state.bytes_up},
-            "seconds": {"wait_participants": waited, "train": train_s},
-        }
+            participant_eval=dict(sorted(state.evaluations.items())),
+            bytes=Traffic(down=state.bytes_down, up=state.bytes_up),
+            seconds=Seconds(wait_participants=waited, train=train_s),
+        )
         if result is None or not state.accepted or len(state.accepted) < self.fed.min_updates:
             log.warning(
                 "round %d: %d updates, fewer than federation.min_updates=%d: not aggregated",
@@ -598,9 +600,9 @@ class Coordinator:
         model = ModelFile(path, self.chunk_bytes)  # completed once on_round has recorded it (mark_completed)
         self._set_model(state.round, model)
         version = model.version
-        entry["version"] = version
-        entry["aggregation"] = {"strategy": self.strategy.name, **result.stats}
-        entry["seconds"]["aggregate"] = self.clock() - started
+        entry.version = version
+        entry.aggregation = {"strategy": self.strategy.name, **result.stats}
+        entry.seconds.aggregate = self.clock() - started
         log.info(
             "round %d: aggregated %d updates (%d samples) -> %s; %.1f MB down, %.1f MB up; "
             "wait %.1fs, train %.1fs, aggregate %.2fs",
@@ -612,6 +614,6 @@ class Coordinator:
             state.bytes_up / 1e6,
             waited,
             train_s,
-            entry["seconds"]["aggregate"],
+            entry.seconds.aggregate,
         )
         return entry

@@ -33,6 +33,7 @@ from zk0.policy import (
     resolve_device,
     trainable_state,
 )
+from zk0.records import Adaptive, Best, Evaluation, RoundEntry
 from zk0.report import model_card, write_charts
 from zk0.tensors import Manifest, decode_state, encode_state
 from zk0.transport import GRPC_OPTIONS, is_loopback, server_credentials
@@ -123,14 +124,14 @@ class CoordinatorServer:
             data = encode_state(initial)
             write_atomic(self.store.model_path(0), data)
             self.coordinator.set_global(0, data, sha256_hex(data))
-            self._after_round(0, {"round": 0, "version": sha256_hex(data)})
+            self._after_round(0, RoundEntry(round=0, version=sha256_hex(data)))
         else:
             round_idx, version, data = completed
             self.coordinator.set_global(round_idx, data, version)
             self.strategy.load_server_state(self.store.server_state(round_idx))
             load_trainable_state(self.bundle.policy, self.coordinator.global_state())
             log.info("resuming %s after round %d (global model %s)", self.store.path, round_idx, version[:12])
-            self._apply(self._decide(self.store.run.read_metrics()), round_idx)
+            self._apply(self._decide(self.store.run.read_records()), round_idx)
         self.service = FederationService(
             self.coordinator,
             tokens=self.tokens,
@@ -144,29 +145,29 @@ class CoordinatorServer:
             require_cert_name=self.options.tls_client_ca is not None,
         )
 
-    def _after_round(self, round_idx: int, entry: dict) -> None:
+    def _after_round(self, round_idx: int, entry: RoundEntry) -> None:
         """Evaluate the new global model (when due), keep it if best, decide the next round's
         hyperparameters from the whole history, record everything, and apply the decision."""
         if self.config.eval.due(round_idx, self.config.federation.rounds):
-            entry["eval"] = evaluate_all(self.bundle, self.eval_sets, self.config.eval)
+            entry.eval = Evaluation.from_json(evaluate_all(self.bundle, self.eval_sets, self.config.eval))
             log.info("round %d: %s", round_idx, describe_eval(entry))
-            loss = entry["eval"]["composite"]["loss"]
+            loss = entry.eval.loss
             best = self.store.best()
             if best is None or loss < best[0]["loss"]:
-                self.store.save_best(round_idx, entry["version"], loss)
+                self.store.save_best(round_idx, entry.version, loss)
         best = self.store.best()
         if best is not None:
-            entry["best"] = best[0]
-        decision = self._decide([*self.store.run.read_metrics(), entry])
+            entry.best = Best.from_json(best[0])
+        decision = self._decide([*self.store.run.read_records(), entry])
         if self.adaptive_on:
-            entry["adaptive"] = decision.to_metrics()
+            entry.adaptive = Adaptive.from_json(decision.to_metrics())
             for rule in decision.rules:
                 log.info("round %d: %s", round_idx, rule)
         self.store.run.record(entry, step=round_idx)
         # Completed only once recorded: a crash before this line redoes the round (RunStore.recover drops
         # its record), so every completed round has exactly one record of its aggregation.
-        self.store.mark_completed(round_idx, entry["version"], self.coordinator.global_size)
-        write_charts(self.store.run.read_metrics(), self.store.path)
+        self.store.mark_completed(round_idx, entry.version, self.coordinator.global_size)
+        write_charts(self.store.run.read_records(), self.store.path)
         self._apply(decision, round_idx)
 
     @property
@@ -174,7 +175,7 @@ class CoordinatorServer:
         a = self.config.adaptive
         return a.mu_dynamic or a.lr_adjust or a.lr_boost or a.spike_guard
 
-    def _decide(self, entries: list[dict]) -> Decision:
+    def _decide(self, entries: list[RoundEntry]) -> Decision:
         strategy = self.strategy
         return strategy.plan(
             records_from_metrics(entries, base_mu=strategy.base_mu, base_lr=strategy.base_lr)
@@ -191,7 +192,7 @@ class CoordinatorServer:
             self.coordinator.roll_back(round_idx, data, record["version"])
             load_trainable_state(self.bundle.policy, self.coordinator.global_state())
 
-    def _on_round(self, round_idx: int, state: RoundState, entry: dict) -> None:
+    def _on_round(self, round_idx: int, state: RoundState, entry: RoundEntry) -> None:
         load_trainable_state(self.bundle.policy, self.coordinator.global_state())
         self._after_round(round_idx, entry)
 
@@ -233,7 +234,7 @@ class CoordinatorServer:
     def _finish_run(self) -> None:
         """Export the last and the best global models with a model card, and push when asked to."""
         run = self.store.run
-        entries = run.read_metrics()
+        entries = run.read_records()
         export_pretrained(self.bundle, run.final_dir)
         best = self.store.best()
         if best is not None:

@@ -25,6 +25,7 @@ from zk0.atomic_files import write_atomic
 from zk0.config import Config
 from zk0.errors import Zk0Error
 from zk0.payload import sha256_hex
+from zk0.records import latest_rounds
 from zk0.reuse import STATE_FILE, completed_round, reuse_run_dir
 from zk0.rundir import RunDir
 from zk0.tensors import decode_state, write_state_atomic
@@ -69,28 +70,23 @@ class RunStore:
             log.warning("removing %s, left by an interrupted write or upload", leftover)
             leftover.unlink()
         done = completed_round(self.path)
-        dropped = self.run.recover_metrics(keep=lambda e: "version" not in e or int(e["round"]) <= done)
+        dropped = self.run.recover_metrics(keep=lambda e: not e.aggregated or e.round <= done)
         for entry in dropped:
             log.warning(
                 "round %d: its record was written but the round never marked completed: redoing it",
-                entry["round"],
+                entry.round,
             )
         self._recover_best(done)
 
     def _recover_best(self, done: int) -> None:
         """best.json and models/best.safetensors as the kept records say (the lowest composite evaluation
         loss, earliest first, as `CoordinatorServer._after_round` keeps it)."""
-        latest = {
-            int(e["round"]): e for e in self.run.read_metrics() if "version" in e and int(e["round"]) <= done
-        }
         derived = None
-        for round_idx, entry in sorted(latest.items()):
-            if "eval" in entry and (derived is None or entry["eval"]["composite"]["loss"] < derived["loss"]):
-                derived = {
-                    "round": round_idx,
-                    "version": entry["version"],
-                    "loss": entry["eval"]["composite"]["loss"],
-                }
+        for round_idx, entry in latest_rounds(self.run.read_records()).items():
+            if round_idx > done or entry.eval is None:
+                continue
+            if derived is None or entry.eval.loss < derived["loss"]:
+                derived = {"round": round_idx, "version": entry.version, "loss": entry.eval.loss}
         best_json, best_model = self.path / BEST_FILE, self.path / "models" / BEST_MODEL
         recorded = json.loads(best_json.read_text()) if best_json.exists() else None
         if derived is None:

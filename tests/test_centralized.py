@@ -23,23 +23,23 @@ def test_centralized_round_zero_equals_the_coordinators_and_it_writes_the_federa
     config = small_config(demo_root, 'train.device="mps"')
     # The coordinator evaluates the initial global model as it prepares the run (round 0 of metrics.jsonl).
     server = CoordinatorServer(config, tmp_path / "federated", ServerOptions(insecure=True, device="cpu"))
-    federated = server.store.run.read_metrics()[0]
+    federated = server.store.run.read_records()[0]
     server.store.run.close()
 
     run = tmp_path / "centralized"
     history = run_centralized(config, run, progress=False, device="cpu")
 
-    assert federated["round"] == history[0]["round"] == 0
-    assert history[0]["eval"]["composite"] == federated["eval"]["composite"]
-    assert history[0]["eval"]["datasets"] == federated["eval"]["datasets"]
-    assert history[0]["version"] == federated["version"]  # the same initial model, byte for byte
+    assert federated.round == history[0].round == 0
+    assert history[0].eval.composite == federated.eval.composite
+    assert history[0].eval.datasets == federated.eval.datasets
+    assert history[0].version == federated.version  # the same initial model, byte for byte
 
     assert [json.loads(line)["round"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1]
     card = (run / "final" / "README.md").read_text()
     assert "# SmolVLA fine-tuned with zk0: centralized baseline" in card
     assert "| Strategy | centralized, mu = 0 |" in card
-    best = history[-1]["best"]
-    assert f"| Best model | round {best['round']}, version `{best['version']}` |" in card
+    best = history[-1].best
+    assert f"| Best model | round {best.round}, version `{best.version}` |" in card
     # each dataset under its name, described as a participant describes itself at join
     assert "| p0 | zk0-demo/p0 | 3 | 90 | 30 | observation.state, action, observation.images.front," in card
     assert "| eval | zk0-demo/eval | 3 | 90 |" in card

@@ -31,5 +31,5 @@ def test_a_participant_round_with_dataloader_workers(demo_root, tmp_path):
         "federation.join_timeout_s=300",
     )
     history = simulate(config, tmp_path / "run", device="cpu", progress=False)
-    (entry,) = [e for e in history if e["round"] == 1]
-    assert entry["participants"]["accepted"] == ["p0"]
+    (entry,) = [e for e in history if e.round == 1]
+    assert entry.participants.accepted == ["p0"]

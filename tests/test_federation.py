@@ -36,9 +36,9 @@ def test_simulated_round_is_the_sample_weighted_mean_of_its_spooled_updates(demo
     run = tmp_path / "run"
     history = simulate(config, run, device="cpu", progress=False)
 
-    assert [e["round"] for e in history] == [0, 1, 2]
+    assert [e.round for e in history] == [0, 1, 2]
     entry = history[2]
-    assert entry["participants"]["accepted"] == ["p0", "p1", "p2"]
+    assert entry.participants.accepted == ["p0", "p1", "p2"]
     round_dir = run / "updates" / "round-0002"
     counts = {}
     for line in (round_dir / "accepted.jsonl").read_text().splitlines():
@@ -47,7 +47,7 @@ def test_simulated_round_is_the_sample_weighted_mean_of_its_spooled_updates(demo
     assert sorted(counts) == ["p0", "p1", "p2"]
     updates = {name: decode_state((round_dir / f"{name}.safetensors").read_bytes()) for name in counts}
     global_bytes = (run / "models" / "round-0002.safetensors").read_bytes()
-    assert sha256_hex(global_bytes) == entry["version"]
+    assert sha256_hex(global_bytes) == entry.version
     global_state = decode_state(global_bytes)
     previous = decode_state((run / "models" / "round-0001.safetensors").read_bytes())
     total = float(sum(counts.values()))
@@ -63,12 +63,12 @@ def test_simulated_round_is_the_sample_weighted_mean_of_its_spooled_updates(demo
             expected = (old + server_lr * (mean.float() - old)).to(value.dtype)
             torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=tensor_name)
     # the participants trained from the round-1 model and reported their held-out loss on it
-    assert entry["base_version"] == history[1]["version"]
-    assert set(entry["participant_eval"]) == {"p0", "p1", "p2"}
+    assert entry.base_version == history[1].version
+    assert set(entry.participant_eval) == {"p0", "p1", "p2"}
     # the reports: exports of the last and best models, a model card, charts, who took part
     assert (run / "final" / "model.safetensors").exists()
     best = json.loads((run / "best.json").read_text())
-    losses = {e["round"]: e["eval"]["composite"]["loss"] for e in history}
+    losses = {e.round: e.eval.loss for e in history}
     assert best["loss"] == min(losses.values()) and best["round"] == min(losses, key=losses.get)
     assert (run / "best" / "model.safetensors").exists()
     card = (run / "final" / "README.md").read_text()
@@ -247,20 +247,20 @@ def test_adaptive_rules_change_what_participants_receive(demo_root, tmp_path):
     history = simulate(config, tmp_path / "run", device="cpu", progress=False)
     first, second = history[1], history[2]
     base_mu, base_lr = config.federation.mu, config.train.lr
-    for update in first["updates"].values():
-        assert update["mu"] == base_mu and update["lr"] == base_lr
-    assert first["adaptive"]["mu"] == pytest.approx(3 * base_mu)
-    assert any("dynamic mu" in rule for rule in first["adaptive"]["adaptive_rules"])
-    boosted = first["adaptive"]["lr_per_participant"]
-    losses = {n: u["policy_loss"] for n, u in first["updates"].items()}
+    for update in first.updates.values():
+        assert update.metrics["mu"] == base_mu and update.metrics["lr"] == base_lr
+    assert first.adaptive.mu == pytest.approx(3 * base_mu)
+    assert any("dynamic mu" in rule for rule in first.adaptive.rules)
+    boosted = first.adaptive.lr_per_participant
+    losses = {n: u.policy_loss for n, u in first.updates.items()}
     mean = sum(losses.values()) / len(losses)
     assert boosted and set(boosted) == {n for n, loss in losses.items() if loss > mean}
-    for name, update in second["updates"].items():
-        assert update["mu"] == pytest.approx(3 * base_mu)
+    for name, update in second.updates.items():
+        assert update.metrics["mu"] == pytest.approx(3 * base_mu)
         expected_lr = 2 * base_lr if name in boosted else base_lr
-        assert update["lr"] == pytest.approx(expected_lr)
-        assert update["lr_first"] == pytest.approx(expected_lr)  # the optimizer really started there
-    assert second["hyperparameters"]["mu"] == pytest.approx(3 * base_mu)
+        assert update.metrics["lr"] == pytest.approx(expected_lr)
+        assert update.metrics["lr_first"] == pytest.approx(expected_lr)  # the optimizer really started there
+    assert second.hyperparameters.mu == pytest.approx(3 * base_mu)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import pytest
 import torch
 from test_intake import MAX_SAMPLES, Federation, moved
 
+from zk0.records import RoundEntry
 from zk0.tensors import encode_state
 
 HONEST = ("p0", "p1", "p2")
@@ -33,7 +34,7 @@ def envelope(updates: dict[str, dict[str, torch.Tensor]], mean: dict[str, torch.
     return total**0.5
 
 
-def play_round(tmp_path, strategy: str) -> tuple[dict, dict, dict, dict, float]:
+def play_round(tmp_path, strategy: str) -> tuple[dict, dict, dict, RoundEntry, float]:
     """(the global model after one round, the honest mean, the base model, the round's entry, the honest
     updates' envelope)."""
     fed = Federation(
@@ -71,16 +72,16 @@ def test_one_hostile_participant_of_four_moves_fedavg_far_and_no_robust_strategy
     assert off["median"] <= bound, (off, bound)  # within the honest values at every coordinate
     assert off["trimmed_mean"] <= bound, (off, bound)
     assert off["norm_bounded"] < step + CLIP / 4 + 1e-3, off  # the hostile weight share x the clip norm
-    assert entries["norm_bounded"]["aggregation"]["clipped"].keys() == {"evil"}
-    assert entries["trimmed_mean"]["aggregation"]["trimmed_each_end"] == 1
-    assert all(e["aggregation"]["strategy"] == s for s, e in entries.items())
+    assert entries["norm_bounded"].aggregation["clipped"].keys() == {"evil"}
+    assert entries["trimmed_mean"].aggregation["trimmed_each_end"] == 1
+    assert all(e.aggregation["strategy"] == s for s, e in entries.items())
 
 
 @pytest.mark.parametrize("strategy", ["fedadam", "fedyogi"])
 def test_server_optimizers_run_a_round_over_grpc_and_save_their_moments(tmp_path, strategy):
     model, honest_mean, base, entry, _ = play_round(tmp_path, strategy)
     eta = 0.01 * (1 - 0.99) ** 0.5 / (1 - 0.9)  # bias-corrected, step 1
-    assert entry["aggregation"] == {"strategy": strategy, "server_step": 1, "eta": pytest.approx(eta)}
+    assert entry.aggregation == {"strategy": strategy, "server_step": 1, "eta": pytest.approx(eta)}
     moments = list((tmp_path / "run" / "models").glob("round-0001.strategy.safetensors"))
     assert moments, "the server state was not saved with the round's model"
     assert distance(model, base) > 0

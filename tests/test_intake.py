@@ -29,6 +29,7 @@ from coordinator.store import RunStore
 from participant.client import RETRYABLE, ClientOptions, ParticipantClient
 from zk0.config import load_config
 from zk0.payload import sha256_hex
+from zk0.records import RoundEntry
 from zk0.tensors import Manifest, decode_state, encode_state
 from zk0.transfer import iter_chunks
 from zk0.transport import GRPC_OPTIONS
@@ -108,7 +109,7 @@ class Federation:
         self.server.start()
         self.channel = grpc.insecure_channel(self.target, options=GRPC_OPTIONS)
         self.stub = pb_grpc.FederationStub(self.channel)
-        self.entries: list[dict] = []
+        self.entries: list[RoundEntry] = []
         self.sessions: dict[str, str] = {}
         self.error: BaseException | None = None
         self.stop = threading.Event()
@@ -171,7 +172,7 @@ class Federation:
         )
         return self.stub.ReportEvaluation(request, timeout=10)
 
-    def finish(self) -> dict:
+    def finish(self) -> RoundEntry:
         """The last round's entry, once the driver is done; the driver must not have failed."""
         self.driver.join(timeout=60)
         assert not self.driver.is_alive(), "the rounds never finished"
@@ -256,9 +257,9 @@ def test_a_concurrent_retry_is_refused_and_the_accepted_update_survives_into_the
     assert fed.upload(fed.header("q", fed.task("q"), q_payload, sample_count=4), q_payload).accepted
 
     entry = fed.finish()  # before the fix: FileNotFoundError on p's update, deleted by the losing attempt
-    assert entry["participants"]["accepted"] == ["p", "q"]
-    assert entry["participants"]["refused"] == []
-    assert "version" in entry
+    assert entry.participants.accepted == ["p", "q"]
+    assert entry.participants.refused == []
+    assert entry.aggregated
     expected = fedavg({"p": update, "q": other}, {"p": float(MAX_SAMPLES), "q": 4.0})
     got = fed.global_state()
     for name, tensor in expected.items():
@@ -308,11 +309,11 @@ def test_lying_headers_and_evaluations_are_refused_and_never_recorded(federation
     assert fed.upload(fed.header("honest", task, payload, sample_count=MAX_SAMPLES), payload).accepted
 
     entry = fed.finish()
-    assert entry["participants"]["accepted"] == ["honest"]
-    refused = {r["participant"]: r["reason"] for r in entry["participants"]["refused"]}
+    assert entry.participants.accepted == ["honest"]
+    refused = {r.participant: r.reason for r in entry.participants.refused}
     assert set(refused) == set(rogue_headers)
     assert all(reason.startswith("bad_header: ") for reason in refused.values()), refused
-    assert entry["participant_eval"] == {
+    assert entry.participant_eval == {
         "honest": {"loss": 0.25, "samples": 4.0},
         "huge-count": {"loss": 0.5, "samples": 4.0},
     }
@@ -346,11 +347,11 @@ def test_updates_far_from_their_base_are_refused_or_left_out(federation):
     assert "exceeds federation.max_update_norm=10000" in reply.reason, reply.reason
 
     entry = fed.finish()
-    assert entry["participants"]["accepted"] == honest
-    refused = {r["participant"]: r["reason"] for r in entry["participants"]["refused"]}
+    assert entry.participants.accepted == honest
+    refused = {r.participant: r.reason for r in entry.participants.refused}
     assert set(refused) == {"far", "huge"}
     assert "update_norm_median_factor=10 x the round's median" in refused["far"], refused["far"]
-    assert all(0 < entry["updates"][n]["distance"] < 10 for n in honest), entry["updates"]
+    assert all(0 < entry.updates[n].distance < 10 for n in honest), entry.updates
     expected = fedavg({n: updates[n] for n in honest}, dict.fromkeys(honest, float(MAX_SAMPLES)))
     got = fed.global_state()
     for name, tensor in expected.items():
@@ -373,10 +374,10 @@ def test_an_aggregate_that_overflows_is_redone_without_the_update_that_broke_it(
     assert fed.upload(fed.header("huge", fed.task("huge"), huge), huge).accepted
 
     entry = fed.finish()
-    assert entry["participants"]["accepted"] == ["honest"]
-    (refused,) = entry["participants"]["refused"]
-    assert refused["participant"] == "huge"
-    assert "aggregate with it is not finite" in refused["reason"], refused["reason"]
+    assert entry.participants.accepted == ["honest"]
+    (refused,) = entry.participants.refused
+    assert refused.participant == "huge"
+    assert "aggregate with it is not finite" in refused.reason, refused.reason
     got = fed.global_state()
     for name, tensor in update.items():
         assert torch.isfinite(got[name].float()).all(), name
@@ -462,8 +463,8 @@ def test_a_full_disk_is_a_retryable_refusal_naming_the_cause(federation, full_di
     q_payload = encode_state(other)
     assert fed.upload(fed.header("q", fed.task("q"), q_payload), q_payload).accepted
     entry = fed.finish()
-    assert entry["participants"]["accepted"] == ["p", "q"]
-    assert entry["participants"]["refused"] == []
+    assert entry.participants.accepted == ["p", "q"]
+    assert entry.participants.refused == []
     expected = fedavg({"p": update, "q": other}, {"p": float(MAX_SAMPLES), "q": float(MAX_SAMPLES)})
     got = fed.global_state()
     for name, tensor in expected.items():

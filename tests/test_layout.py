@@ -78,6 +78,12 @@ def test_the_trainer_library_knows_no_protocol():
     assert not offenders
 
 
+def test_the_round_record_is_plain_python():
+    """zk0/records.py is read by the reports (no torch, no gRPC) and by every side: stdlib and zk0 only."""
+    allowed = {"__future__", "collections", "dataclasses", "typing", "zk0"}
+    assert imported_packages(ROOT / "zk0" / "records.py") <= allowed
+
+
 def test_ruff_is_clean():
     ruff = Path(sys.executable).parent / "ruff"
     for args in (["check", "."], ["format", "--check", "."]):

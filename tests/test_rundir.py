@@ -11,6 +11,7 @@ from conftest import small_overrides
 
 from zk0.config import config_to_toml, load_config
 from zk0.errors import Zk0Error
+from zk0.records import RoundEntry
 from zk0.reuse import config_differences, reuse_run_dir
 from zk0.rundir import CONFIG_FILE, RunDir
 
@@ -123,9 +124,9 @@ def test_recover_metrics_drops_a_torn_last_line_and_refuses_a_damaged_middle(tmp
     whole = [{"round": 0, "version": "a"}, {"round": 1, "version": "b"}]
     run.metrics_path.write_text("".join(json.dumps(e) + "\n" for e in whole) + '{"round": 2, "ver')
     assert run.recover_metrics() == []
-    assert run.read_metrics() == whole
-    assert run.recover_metrics(keep=lambda e: e["round"] < 1) == [whole[1]]
-    assert run.read_metrics() == whole[:1]
+    assert [e.to_json() for e in run.read_records()] == whole
+    assert run.recover_metrics(keep=lambda e: e.round < 1) == [RoundEntry.from_json(whole[1])]
+    assert [e.to_json() for e in run.read_records()] == whole[:1]
     run.metrics_path.write_text('{"round": 0}\n{"rou\n{"round": 2}\n')
     with pytest.raises(Zk0Error, match="line 2 is damaged"):
         run.recover_metrics()
@@ -148,14 +149,14 @@ def test_simulate_reports_a_finished_run_and_extends_it_when_rounds_rise(demo_ro
 
     first = simulate(1)
     assert first.returncode == 0, first.stderr[-3000:]
-    before = RunDir(run).read_metrics()
+    before = RunDir(run).read_records()
     again = simulate(1)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"zk0: {run} holds this run, finished after 1 rounds" in again.stdout
-    assert RunDir(run).read_metrics() == before  # nothing redone, nothing recorded
+    assert RunDir(run).read_records() == before  # nothing redone, nothing recorded
     more = simulate(2)
     assert more.returncode == 0, more.stderr[-3000:]
-    assert [e["round"] for e in RunDir(run).read_metrics() if "version" in e] == [0, 1, 2]
+    assert [e.round for e in RunDir(run).read_records() if e.aggregated] == [0, 1, 2]
     assert "rounds = 2" in (run / CONFIG_FILE).read_text()
     assert RunDir(run).info()["finished"] is True
 
@@ -175,7 +176,7 @@ def test_recover_drops_records_of_rounds_not_completed_and_rederives_the_best(tm
         store.model_path(r).parent.mkdir(exist_ok=True)
         store.model_path(r).write_bytes(data)
         entry = {"round": r, "version": sha256_hex(data), "eval": {"composite": {"loss": losses[r]}}}
-        store.run.record(entry, step=r)
+        store.run.record(RoundEntry.from_json(entry), step=r)
         if r < 2:
             store.mark_completed(r, sha256_hex(data), len(data))
         store.save_best(r, sha256_hex(data), losses[r])  # each round beat the one before
@@ -187,7 +188,7 @@ def test_recover_drops_records_of_rounds_not_completed_and_rederives_the_best(tm
     store, resumed = RunStore.open(path, cfg)
     store.run.close()
     assert resumed
-    assert [e["round"] for e in store.run.read_metrics()] == [0, 1]
+    assert [e.round for e in store.run.read_records()] == [0, 1]
     record, data = store.best()
     assert record == {"round": 1, "version": sha256_hex(models[1]), "loss": 1.5} and data == models[1]
     assert not spool.exists()

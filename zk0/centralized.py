@@ -35,6 +35,7 @@ from zk0.policy import (
     resolve_device,
     trainable_state,
 )
+from zk0.records import Best, Evaluation, Hyperparameters, RoundEntry
 from zk0.report import model_card, write_charts
 from zk0.reuse import reuse_run_dir
 from zk0.rundir import RunDir
@@ -51,7 +52,7 @@ BEST_DIR = "best"  # as a federated run's
 
 def run_centralized(
     config: Config, run_dir: Path, *, progress: bool = True, device: str | None = None
-) -> list[dict]:
+) -> list[RoundEntry]:
     """Train, evaluate after every round (and before the first), export final/ and best/ with a model card
     and charts; returns the metrics. `device` overrides train.device.
 
@@ -97,31 +98,32 @@ def run_centralized(
         trainer.precision,
     )
 
-    best: dict | None = None
+    best: Best | None = None
     best_state: dict | None = None
 
-    def evaluated(entry: dict) -> dict:
+    def evaluated(entry: RoundEntry) -> RoundEntry:
         nonlocal best, best_state
         state = trainable_state(bundle.policy)
-        entry["version"] = sha256_hex(encode_state(state))
-        if config.eval.due(entry["round"], config.federation.rounds):
+        entry.version = sha256_hex(encode_state(state))
+        if config.eval.due(entry.round, config.federation.rounds):
             workers = config.data.num_workers
             load_trainable_state(eval_bundle.policy, state)
-            entry["eval"] = evaluate_all(eval_bundle, eval_sets, config.eval, num_workers=workers)
+            result = evaluate_all(eval_bundle, eval_sets, config.eval, num_workers=workers)
+            entry.eval = Evaluation.from_json(result)
             if heldout_sets:  # each dataset's held-out episodes, normalized as it trained
-                entry["heldout"] = evaluate_all(bundle, heldout_sets, config.eval, num_workers=workers)
-            log.info("round %d: %s", entry["round"], describe_eval(entry))
-            loss = entry["eval"]["composite"]["loss"]
-            if best is None or loss < best["loss"]:
-                best = {"round": entry["round"], "version": entry["version"], "loss": loss}
+                result = evaluate_all(bundle, heldout_sets, config.eval, num_workers=workers)
+                entry.heldout = Evaluation.from_json(result)
+            log.info("round %d: %s", entry.round, describe_eval(entry))
+            if best is None or entry.eval.loss < best.loss:
+                best = Best(entry.round, entry.version, entry.eval.loss)
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
         if best is not None:
-            entry["best"] = dict(best)
+            entry.best = best  # a new Best replaces it, never changed in place
         return entry
 
     history = []
     try:  # an interrupt leaves metrics.jsonl whole up to the last completed round, its writers closed
-        entry = evaluated({"round": 0, "steps": 0})
+        entry = evaluated(RoundEntry(round=0, steps=0))
         run.record(entry, step=0)
         history.append(entry)
         for round_idx in range(1, config.federation.rounds + 1):
@@ -134,13 +136,12 @@ def run_centralized(
                 result.policy_loss,
                 result.seconds,
             )
-            hyperparameters = {"lr": config.train.lr, "mu": 0.0, "local_steps": steps_per_round}
-            entry = {
-                "round": round_idx,
-                "steps": round_idx * steps_per_round,
-                "hyperparameters": hyperparameters,
-                "train": result.as_dict(),
-            }
+            entry = RoundEntry(
+                round=round_idx,
+                steps=round_idx * steps_per_round,
+                hyperparameters=Hyperparameters(lr=config.train.lr, mu=0.0, local_steps=steps_per_round),
+                train=result.as_dict(),
+            )
             entry = evaluated(entry)
             run.record(entry, step=round_idx)
             history.append(entry)
@@ -158,8 +159,8 @@ def _finish(
     evaluation: tuple[PolicyBundle, dict],
     sources: list[Source],
     trained: PolicyBundle,
-    history: list[dict],
-    best: dict | None,
+    history: list[RoundEntry],
+    best: Best | None,
     best_state: dict | None,
 ) -> None:
     """As a federated run ends: final/ and best/ exported from the evaluation policy (so they normalize as
@@ -177,8 +178,8 @@ def _finish(
         participants=datasets,
         eval_datasets={name: describe(d.meta) for name, d in eval_sets.items()},
         base_model=config.model.source,
-        final_version=history[-1]["version"],
-        best=best,
+        final_version=history[-1].version,
+        best=best.to_json() if best is not None else None,
         centralized=True,
     )
     (run.final_dir / "README.md").write_text(card)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from zk0.console import add_config_args, quiet_libraries, run_command
+from zk0.records import RoundEntry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,17 +133,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_eval_table(history: list[dict]) -> None:
+def print_eval_table(history: list[RoundEntry]) -> None:
     """Round by round: the composite held-out loss and action error, and each dataset's loss."""
-    evaluated = [e for e in history if "eval" in e]
-    names = list(evaluated[0]["eval"]["datasets"])
+    evaluated = [e for e in history if e.eval is not None]
+    names = list(evaluated[0].eval.datasets)
     print("\nglobal model on the held-out evaluation data:")
     print(f"  {'round':>5}  {'loss':>9}  {'action MAE':>10}  " + "  ".join(f"{n:>12}" for n in names))
     for entry in evaluated:
-        ev = entry["eval"]
-        mae = ev["composite"].get("action_mae", float("nan"))
-        per = "  ".join(f"{ev['datasets'][n]['loss']:>12.4f}" for n in names)
-        print(f"  {entry['round']:>5}  {ev['composite']['loss']:>9.4f}  {mae:>10.4f}  {per}")
+        ev = entry.eval
+        mae = ev.composite.get("action_mae", float("nan"))
+        per = "  ".join(f"{ev.datasets[n]['loss']:>12.4f}" for n in names)
+        print(f"  {entry.round:>5}  {ev.loss:>9.4f}  {mae:>10.4f}  {per}")
 
 
 def strategy_list(text: str) -> tuple[str, ...]:

@@ -14,6 +14,7 @@ from zk0.config import load_config
 from zk0.data import dataset_name
 from zk0.evaluation import evaluation_setup
 from zk0.policy import resolve_device, trainable_state
+from zk0.records import latest_rounds
 from zk0.reuse import reuse_run_dir
 from zk0.rundir import CONFIG_FILE, RunDir
 from zk0.simulate import simulate
@@ -52,10 +53,10 @@ def run_compare(
         optimizer = ["federation.server_lr=1.0"] if strategy in ("fedadam", "fedyogi") else []
         run, run_config = out / strategy, variant(f'federation.strategy="{strategy}"', *optimizer)
         if reuse_run_dir(run, run_config, "federated").action == "finished":  # a resumed comparison
-            history = RunDir(run).read_metrics()
+            history = RunDir(run).read_records()
         else:
             history = simulate(run_config, run, device=device, progress=progress)
-        last = max(e["round"] for e in history if "version" in e)
+        last = max(latest_rounds(history))
         state = trainable_from(run / "models" / f"round-{last:04d}.safetensors", bundle.policy)
         row = Row(f"federated {strategy}", "federated", participants * fed.rounds * steps)
         rows.append(score(row, state, bundle, eval_sets, config.eval))

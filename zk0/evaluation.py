@@ -13,6 +13,7 @@ from zk0.config import Config, EvalConfig
 from zk0.data import check_same_layout, dataset_names, open_source
 from zk0.errors import Zk0Error
 from zk0.policy import PolicyBundle
+from zk0.records import RoundEntry
 from zk0.training.runtime import build_runtime
 
 
@@ -106,16 +107,15 @@ def composite(per_dataset: Mapping[str, Mapping[str, float]]) -> dict[str, float
     return {k: sum(m[k] * m["samples"] for m in per_dataset.values()) / total for k in keys}
 
 
-def describe_eval(entry: Mapping) -> str:
+def describe_eval(entry: RoundEntry) -> str:
     """One log line: composite and per-dataset loss (and action error) of an entry's evaluations."""
     parts = []
-    for key in ("eval", "heldout"):
-        if key not in entry:
+    for key, ev in (("eval", entry.eval), ("heldout", entry.heldout)):
+        if ev is None:
             continue
-        ev = entry[key]
-        names = ", ".join(f"{n} {m['loss']:.4f}" for n, m in ev["datasets"].items())
-        mae = f", action MAE {ev['composite']['action_mae']:.4f}" if "action_mae" in ev["composite"] else ""
-        parts.append(f"{key} loss {ev['composite']['loss']:.4f} ({names}){mae}")
+        names = ", ".join(f"{n} {m['loss']:.4f}" for n, m in ev.datasets.items())
+        mae = f", action MAE {ev.composite['action_mae']:.4f}" if "action_mae" in ev.composite else ""
+        parts.append(f"{key} loss {ev.loss:.4f} ({names}){mae}")
     return "; ".join(parts)
 
 

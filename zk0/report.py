@@ -3,7 +3,7 @@
 the model card of final/. In zk0/ because both the coordinator and `zk0 centralized` write them.
 
 A round may appear more than once in metrics.jsonl (redone after a failed attempt, or resumed): the last
-entry with a "version" for a round wins, as in coordinator.adaptive.records_from_metrics.
+aggregated record of a round wins (zk0.records.latest_rounds), as for every reader of the records.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from zk0.hub import DEMO_OWNER, is_hub_dataset_id, looks_like_hub_id
+from zk0.records import Best, Evaluation, RoundEntry, latest_rounds
 
 EVAL_CHART = "eval_loss.png"
 HYPERPARAMETERS_CHART = "hyperparameters.png"
@@ -26,19 +27,7 @@ HYPERPARAMETERS_CHART = "hyperparameters.png"
 PNG_METADATA = {"Software": None}
 CARD_TAGS = ("lerobot", "smolvla", "robotics", "federated-learning")
 
-Entry = Mapping[str, Any]
-
-
 # ---------------------------------------------------------------------------------------------- records
-
-
-def latest_rounds(entries: Iterable[Entry]) -> dict[int, Entry]:
-    """Round -> its last aggregated entry (one with a "version"), in round order."""
-    kept: dict[int, Entry] = {}
-    for entry in entries:
-        if "version" in entry and "round" in entry:
-            kept[int(entry["round"])] = entry
-    return dict(sorted(kept.items()))
 
 
 def _number(value: Any) -> float | None:
@@ -53,35 +42,35 @@ def _metric(block: Any, key: str) -> float | None:
     return _number(block.get(key)) if isinstance(block, Mapping) else None
 
 
-def eval_series(kept: Mapping[int, Entry], key: str) -> tuple[list[tuple[int, float]], dict]:
+def eval_series(kept: Mapping[int, RoundEntry], key: str) -> tuple[list[tuple[int, float]], dict]:
     """(composite points, {dataset: points}) of one evaluation metric over the evaluated rounds."""
     composite: list[tuple[int, float]] = []
     datasets: dict[str, list[tuple[int, float]]] = {}
     for round_idx, entry in kept.items():
-        evaluation = entry.get("eval")
-        if not isinstance(evaluation, Mapping):
+        evaluation = entry.eval
+        if evaluation is None:
             continue
-        value = _metric(evaluation.get("composite"), key)
+        value = _metric(evaluation.composite, key)
         if value is not None:
             composite.append((round_idx, value))
-        for name, metrics in sorted((evaluation.get("datasets") or {}).items()):
+        for name, metrics in sorted(evaluation.datasets.items()):
             value = _metric(metrics, key)
             if value is not None:
                 datasets.setdefault(name, []).append((round_idx, value))
     return composite, datasets
 
 
-def participant_series(kept: Mapping[int, Entry], key: str) -> dict[str, list[tuple[int, float]]]:
+def participant_series(kept: Mapping[int, RoundEntry], key: str) -> dict[str, list[tuple[int, float]]]:
     """{participant: points}: round r's participant_eval measured the model the round started from, so it is
     placed at the round that produced that model (found by base_version, which a rollback makes an earlier
     best round; r - 1 when the entry has no base_version or names an unknown one)."""
-    round_of = {entry["version"]: round_idx for round_idx, entry in kept.items()}
+    round_of = {entry.version: round_idx for round_idx, entry in kept.items()}
     series: dict[str, list[tuple[int, float]]] = {}
     for round_idx, entry in kept.items():
-        reports = entry.get("participant_eval")
-        if round_idx < 1 or not isinstance(reports, Mapping):
+        reports = entry.participant_eval
+        if round_idx < 1 or reports is None:
             continue
-        x = round_of.get(entry.get("base_version"), round_idx - 1)
+        x = round_of.get(entry.base_version, round_idx - 1)
         for name, metrics in sorted(reports.items()):
             value = _metric(metrics, key)
             if value is not None:
@@ -89,42 +78,45 @@ def participant_series(kept: Mapping[int, Entry], key: str) -> dict[str, list[tu
     return {name: sorted(points) for name, points in sorted(series.items())}
 
 
-def _redone_rounds(entries: Sequence[Entry], kept: Mapping[int, Entry]) -> list[int]:
+def _redone_rounds(entries: Sequence[RoundEntry], kept: Mapping[int, RoundEntry]) -> list[int]:
     """Rounds recorded more than once, or kept from an attempt after the first."""
     seen: dict[int, int] = {}
     for entry in entries:
-        if "round" in entry:
-            seen[int(entry["round"])] = seen.get(int(entry["round"]), 0) + 1
-    return sorted(r for r in kept if seen.get(r, 0) > 1 or int(kept[r].get("attempt", 1) or 1) > 1)
+        seen[entry.round] = seen.get(entry.round, 0) + 1
+    return sorted(r for r in kept if seen.get(r, 0) > 1 or (kept[r].attempt or 1) > 1)
 
 
-def _best_record(entries: Sequence[Entry], kept: Mapping[int, Entry], best: Mapping | None) -> dict | None:
-    """The best model's record {"round", "version", "loss"}: as given, else the last one the run logged,
-    else the evaluated round with the lowest composite loss."""
+def _best_record(
+    entries: Sequence[RoundEntry], kept: Mapping[int, RoundEntry], best: Mapping | None
+) -> Best | None:
+    """The best model's record: as given, else the last one the run logged, else the evaluated round with
+    the lowest composite loss."""
     if best:
-        return dict(best)
+        return Best.from_json(best)
     for entry in reversed(entries):
-        if isinstance(entry.get("best"), Mapping):
-            return dict(entry["best"])
+        if entry.best is not None:
+            return entry.best
     composite, _ = eval_series(kept, "loss")
     if not composite:
         return None
     round_idx, loss = min(composite, key=lambda point: (point[1], point[0]))
-    return {"round": round_idx, "version": kept[round_idx]["version"], "loss": loss}
+    return Best(round_idx, kept[round_idx].version, loss)
 
 
-def _entry_of(entries: Sequence[Entry], kept: Mapping[int, Entry], version: str | None, round_idx) -> Entry:
-    """The evaluated entry of a model version (the last one recorded), else the kept entry of its round."""
-    if version:
-        for entry in reversed(entries):
-            if entry.get("version") == version and "eval" in entry:
-                return entry
-        for entry in reversed(entries):
-            if entry.get("version") == version:
-                return entry
-    if round_idx is not None and int(round_idx) in kept:
-        return kept[int(round_idx)]
-    return {}
+def _entry_of(
+    entries: Sequence[RoundEntry], kept: Mapping[int, RoundEntry], best: Best | None
+) -> RoundEntry | None:
+    """The evaluated entry of the best model's version (the last one recorded), else the kept entry of its
+    round."""
+    if best is None:
+        return None
+    for entry in reversed(entries):
+        if entry.version == best.version and entry.eval is not None:
+            return entry
+    for entry in reversed(entries):
+        if entry.version == best.version:
+            return entry
+    return kept.get(best.round)
 
 
 # ----------------------------------------------------------------------------------------------- charts
@@ -189,7 +181,7 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def write_charts(entries: Sequence[Entry], out_dir: Path, *, run: str = "federated run") -> list[Path]:
+def write_charts(entries: Sequence[RoundEntry], out_dir: Path, *, run: str = "federated run") -> list[Path]:
     """Write eval_loss.png and hyperparameters.png into `out_dir`; returns their paths. `run` names the kind
     of run in the titles."""
     out_dir = Path(out_dir)
@@ -210,14 +202,12 @@ def write_charts(entries: Sequence[Entry], out_dir: Path, *, run: str = "federat
 
     fig = Figure(figsize=(10, 8), dpi=100, layout="constrained")
     mu_ax, lr_ax = fig.subplots(2, 1, sharex=True)
-    trained = {
-        r: e["hyperparameters"] for r, e in kept.items() if isinstance(e.get("hyperparameters"), Mapping)
-    }
-    mu = [(r, v) for r, hp in trained.items() if (v := _number(hp.get("mu"))) is not None]
-    lr = [(r, v) for r, hp in trained.items() if (v := _number(hp.get("lr"))) is not None]
+    trained = {r: e.hyperparameters for r, e in kept.items() if e.hyperparameters is not None}
+    mu = [(r, v) for r, hp in trained.items() if (v := _number(hp.mu)) is not None]
+    lr = [(r, v) for r, hp in trained.items() if (v := _number(hp.lr)) is not None]
     boosted: dict[str, list[tuple[int, float]]] = {}
     for r, hp in trained.items():
-        for name, value in sorted((hp.get("lr_per_participant") or {}).items()):
+        for name, value in sorted((hp.lr_per_participant or {}).items()):
             if (value := _number(value)) is not None:
                 boosted.setdefault(name, []).append((r, value))
     xlabel = "round (hyperparameters the participants trained with)"
@@ -231,9 +221,9 @@ def write_charts(entries: Sequence[Entry], out_dir: Path, *, run: str = "federat
         for name, points in sorted(boosted.items()):
             _plot(lr_ax, points, marker="^", linestyle="--", label=f"boosted lr of {name}")
         for r, entry in kept.items():
-            adaptive = entry.get("adaptive") or {}
-            if adaptive.get("adaptive_rollback") or adaptive.get("adaptive_hold"):  # Decision.to_metrics
-                rollback = adaptive.get("adaptive_rollback")
+            adaptive = entry.adaptive
+            if adaptive is not None and (adaptive.rollback or adaptive.hold):
+                rollback = adaptive.rollback
                 what = "rollback to the best model after" if rollback else "spike guard hold"
                 lr_ax.axvline(r, color="red", linestyle=":", linewidth=1, label=what)
         _style_axes(lr_ax, xlabel=xlabel, ylabel="learning rate", title="Learning rate per round", values=[])
@@ -294,9 +284,11 @@ def _published_dataset(repo_id: Any) -> str:
     return PRIVATE_DATASET
 
 
-def _eval_at(entry: Entry) -> Mapping:
-    evaluation = entry.get("eval")
-    return evaluation if isinstance(evaluation, Mapping) else {}
+def _eval_at(entry: RoundEntry | None) -> Evaluation:
+    """The entry's evaluation; an empty one for an entry not evaluated (or none)."""
+    if entry is None or entry.eval is None:
+        return Evaluation({}, {})
+    return entry.eval
 
 
 def _front_matter(base_model: str, dataset_ids: Sequence[str]) -> str:
@@ -314,7 +306,7 @@ def _front_matter(base_model: str, dataset_ids: Sequence[str]) -> str:
 def model_card(
     *,
     config_toml: str,
-    entries: Sequence[Entry],
+    entries: Sequence[RoundEntry],
     participants: Mapping[str, Mapping[str, Any]],
     eval_datasets: Mapping[str, Mapping[str, Any]],
     base_model: str,
@@ -334,21 +326,19 @@ def model_card(
     train = config.get("train", {})
     strategy = str(federation.get("strategy", "fedprox"))
     configured_mu = _number(federation.get("mu"))
-    trained = [e["hyperparameters"] for r, e in kept.items() if r > 0 and "hyperparameters" in e]
-    mus = [v for hp in trained if (v := _number(hp.get("mu"))) is not None]
-    lrs = [v for hp in trained if (v := _number(hp.get("lr"))) is not None]
+    trained = [e.hyperparameters for r, e in kept.items() if r > 0 and e.hyperparameters is not None]
+    mus = [v for hp in trained if (v := _number(hp.mu)) is not None]
+    lrs = [v for hp in trained if (v := _number(hp.lr)) is not None]
 
-    final_entry = next((e for e in reversed(kept.values()) if e.get("version") == final_version), None)
-    final_round = int(final_entry["round"]) if final_entry else (max(kept) if kept else 0)
-    final_eval_round = max((r for r in kept if r <= final_round and _eval_at(kept[r])), default=None)
+    final_entry = next((e for e in reversed(kept.values()) if e.version == final_version), None)
+    final_round = final_entry.round if final_entry else (max(kept) if kept else 0)
+    final_eval_round = max((r for r in kept if r <= final_round and kept[r].eval is not None), default=None)
     best_record = _best_record(entries, kept, best)
-    best_entry = _entry_of(
-        entries, kept, (best_record or {}).get("version"), (best_record or {}).get("round")
-    )
-    base_entry = kept.get(0, {})
+    best_entry = _entry_of(entries, kept, best_record)
+    base_entry = kept.get(0)
 
-    names = sorted(set(participants) | {n for e in kept.values() for n in e.get("updates", {})})
-    contributed = {n: sum(n in e.get("updates", {}) for e in kept.values()) for n in names}
+    names = sorted(set(participants) | {n for e in kept.values() for n in e.updates or {}})
+    contributed = {n: sum(n in (e.updates or {}) for e in kept.values()) for n in names}
     dataset_ids = sorted(
         {str(d.get("repo_id")) for d in (*participants.values(), *eval_datasets.values()) if d.get("repo_id")}
     )
@@ -412,9 +402,7 @@ def model_card(
         ("Final model", f"round {final_round}, version `{final_version}`"),
     ]
     if best_record:
-        summary.append(
-            ("Best model", f"round {best_record.get('round')}, version `{best_record.get('version')}`")
-        )
+        summary.append(("Best model", f"round {best_record.round}, version `{best_record.version}`"))
     out.append(_table(["", ""], summary))
     out.append("")
 
@@ -427,16 +415,16 @@ def model_card(
     )
     out.append("")
     rows = []
-    if 0 in kept and _eval_at(base_entry):
-        c = _eval_at(base_entry).get("composite", {})
+    if base_entry is not None and base_entry.eval is not None:
+        c = _eval_at(base_entry).composite
         rows.append(("Base model (round 0)", 0, c.get("loss"), c.get("action_mae")))
     if final_eval_round is not None:
-        c = _eval_at(kept[final_eval_round]).get("composite", {})
+        c = _eval_at(kept[final_eval_round]).composite
         label = "Final" if final_eval_round == final_round else "Final (last evaluated round)"
         rows.append((label, final_eval_round, c.get("loss"), c.get("action_mae")))
-    if best_record and _eval_at(best_entry):
-        c = _eval_at(best_entry).get("composite", {})
-        rows.append(("Best", best_record.get("round"), c.get("loss"), c.get("action_mae")))
+    if best_record and best_entry is not None and best_entry.eval is not None:
+        c = _eval_at(best_entry).composite
+        rows.append(("Best", best_record.round, c.get("loss"), c.get("action_mae")))
     out.append(
         _table(["Model", "Round", "Composite loss", "Composite action MAE"], rows)
         if rows
@@ -447,18 +435,18 @@ def model_card(
     columns = [("round 0", base_entry)]
     if final_eval_round is not None:
         columns.append((f"final (round {final_eval_round})", kept[final_eval_round]))
-    if best_record and _eval_at(best_entry):
-        columns.append((f"best (round {best_record.get('round')})", best_entry))
-    dataset_names = sorted({n for _, e in columns for n in _eval_at(e).get("datasets", {})})
+    if best_record and best_entry is not None and best_entry.eval is not None:
+        columns.append((f"best (round {best_record.round})", best_entry))
+    dataset_names = sorted({n for _, e in columns for n in _eval_at(e).datasets})
     if dataset_names:
         out.append("### Per evaluation dataset")
         out.append("")
         header = ["Dataset"] + [f"loss, {c}" for c, _ in columns] + [f"action MAE, {c}" for c, _ in columns]
         table_rows = []
         for name in dataset_names:
-            per = [_eval_at(e).get("datasets", {}).get(name, {}) for _, e in columns]
+            per = [_eval_at(e).datasets.get(name, {}) for _, e in columns]
             table_rows.append([name] + [m.get("loss") for m in per] + [m.get("action_mae") for m in per])
-        composite = [_eval_at(e).get("composite", {}) for _, e in columns]
+        composite = [_eval_at(e).composite for _, e in columns]
         table_rows.append(
             ["composite"] + [m.get("loss") for m in composite] + [m.get("action_mae") for m in composite]
         )
@@ -517,17 +505,16 @@ def model_card(
     for r, e in kept.items():
         if r == 0:
             continue
-        p = e.get("participants", {})
-        hp = e.get("hyperparameters", {})
+        p, hp = e.participants, e.hyperparameters
         rows.append(
             (
                 r,
-                e.get("attempt", 1),
-                ", ".join(p.get("accepted", [])) or "–",
-                ", ".join(p.get("dropped", [])) or "–",
-                hp.get("mu"),
-                hp.get("lr"),
-                _eval_at(e).get("composite", {}).get("loss"),
+                e.attempt or 1,
+                ", ".join(p.accepted if p else []) or "–",
+                ", ".join(p.dropped if p else []) or "–",
+                hp.mu if hp else None,
+                hp.lr if hp else None,
+                _eval_at(e).composite.get("loss"),
             )
         )
     out.append(

@@ -15,6 +15,7 @@ from torch.utils.tensorboard import SummaryWriter
 from zk0.atomic_files import write_atomic
 from zk0.config import Config, config_to_toml
 from zk0.errors import Zk0Error
+from zk0.records import RoundEntry
 
 log = logging.getLogger(__name__)
 
@@ -66,21 +67,26 @@ class RunDir:
     def final_dir(self) -> Path:
         return self.path / FINAL_DIR
 
-    def record(self, entry: dict[str, Any], *, step: int) -> None:
-        """Append one metrics line (flushed at once) and mirror every numeric leaf to TensorBoard."""
+    def record(self, entry: RoundEntry, *, step: int) -> None:
+        """Append one metrics line (flushed at once) and mirror every numeric leaf to TensorBoard: the one
+        place a round record is written."""
+        data = entry.to_json()
         with self.metrics_path.open("a") as f:
-            f.write(json.dumps(entry, sort_keys=True) + "\n")
+            f.write(json.dumps(data, sort_keys=True) + "\n")
         writer = self.writer
-        for tag, value in flatten(entry):
+        for tag, value in flatten(data):
             writer.add_scalar(tag, value, global_step=step)
         writer.flush()
 
-    def read_metrics(self) -> list[dict[str, Any]]:
+    def read_records(self) -> list[RoundEntry]:
+        """Every record of metrics.jsonl, in the order written (zk0.records.latest_rounds keeps the ones
+        that count)."""
         if not self.metrics_path.exists():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        lines = self.metrics_path.read_text().splitlines()
+        return [RoundEntry.from_json(json.loads(line)) for line in lines if line.strip()]
 
-    def recover_metrics(self, keep: Callable[[dict[str, Any]], bool] = lambda entry: True) -> list[dict]:
+    def recover_metrics(self, keep: Callable[[RoundEntry], bool] = lambda entry: True) -> list[RoundEntry]:
         """Make metrics.jsonl whole again before a run resumes, and return the entries dropped.
 
         A torn last line (a crash or a full disk mid-append) is dropped: the record it began belongs to a
@@ -98,7 +104,7 @@ class RunDir:
             if not line.strip():
                 continue
             try:
-                entry = json.loads(line)
+                entry = RoundEntry.from_json(json.loads(line))
             except json.JSONDecodeError:
                 if number < len(lines) or tail:
                     raise Zk0Error(
@@ -111,7 +117,7 @@ class RunDir:
         if tail.strip():
             log.warning("%s: dropped a torn last line (%d bytes)", self.metrics_path, len(tail))
         if tail.strip() or dropped:
-            body = "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries)
+            body = "".join(json.dumps(e.to_json(), sort_keys=True) + "\n" for e in entries)
             write_atomic(self.metrics_path, body.encode())
         return dropped
 

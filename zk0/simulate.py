@@ -14,6 +14,7 @@ from participant.client import ClientOptions, ParticipantClient
 from zk0.config import Config
 from zk0.data import dataset_name
 from zk0.interrupts import Interrupted
+from zk0.records import RoundEntry
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def simulate(
     push_to_hub: str | None = None,
     public: bool = False,
     make_client: Callable[..., ParticipantClient] = ParticipantClient,
-) -> list[dict]:
+) -> list[RoundEntry]:
     """The coordinator's gRPC server on 127.0.0.1 (ephemeral port) and one participant client per configured
     dataset, each in a thread of this process, training one after another on the one device.
 
@@ -83,4 +84,4 @@ def simulate(
             thread.join(timeout=60)
     if errors and len(errors) == len(threads):
         raise errors[0]
-    return server.store.run.read_metrics()
+    return server.store.run.read_records()

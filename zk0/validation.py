@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from zk0.payload import PayloadRejected, is_sha256_hex
+from zk0.records import UPDATE_METRICS  # one list: intake requires them, the round record reads them
 from zk0.spool import SpoolReader
 from zk0.tensors import Manifest
 from zk0.v1 import federation_pb2 as pb
@@ -23,10 +24,6 @@ from zk0.v1 import federation_pb2 as pb
 _MAX_LISTED = 8  # problems named in one reason; the rest are counted
 MAX_METRICS = 64  # entries in one upload's or evaluation's metrics map
 MAX_METRIC_KEY = 64  # characters in one metric's name
-# What every participant sends with its update and the coordinator reads (adaptive.records_from_metrics).
-UPDATE_METRICS = ("policy_loss",)
-# What every participant's held-out evaluation reports (zk0.evaluation.evaluate) and the charts plot.
-EVALUATION_METRICS = ("loss",)
 
 
 class Refusal(enum.Enum):
