@@ -20,6 +20,7 @@ from coordinator.store import RunStore
 from coordinator.transfers import CONTROL_WORKERS, TransferGate
 from zk0 import hub
 from zk0.atomic_files import write_atomic
+from zk0.charts import write_charts
 from zk0.config import Config, config_to_toml
 from zk0.data import describe
 from zk0.errors import Zk0Error, disk_full
@@ -34,7 +35,7 @@ from zk0.policy import (
     trainable_state,
 )
 from zk0.records import Adaptive, Best, Evaluation, RoundEntry
-from zk0.report import model_card, write_charts
+from zk0.report import model_card
 from zk0.tensors import Manifest, decode_state, encode_state
 from zk0.transport import GRPC_OPTIONS, is_loopback, server_credentials
 from zk0.v1 import federation_pb2_grpc as pb_grpc

@@ -10,7 +10,7 @@ from huggingface_hub import constants
 from PIL import Image
 
 from coordinator.adaptive import Decision
-from zk0 import hub, report
+from zk0 import charts, hub, report
 from zk0.errors import Zk0Error
 from zk0.records import RoundEntry, latest_rounds
 
@@ -168,14 +168,14 @@ def test_latest_rounds_keeps_the_last_aggregated_entry_of_each_round():
 
 def test_participant_eval_is_placed_at_the_round_that_made_the_model():
     kept = latest_rounds(typed(run_entries()))
-    series = report.participant_series(kept, "loss")
+    series = charts.participant_series(kept, "loss")
     assert [x for x, _ in series["p0"]] == [0, 1, 2, 3]  # round r's report of its starting model, at r - 1
     assert series["p0"][0] == (0, 2.75)
     assert [x for x, _ in series["p2"]] == [0, 1, 2, 3]  # dropped in round 2, yet it reported its evaluation
-    rolled = report.participant_series(latest_rounds(typed(run_entries(adaptive=True))), "loss")
+    rolled = charts.participant_series(latest_rounds(typed(run_entries(adaptive=True))), "loss")
     assert [x for x, _ in rolled["p0"]] == [0, 1, 2, 2]  # round 4 started from round 2's model (rollback)
     unknown = [{k: v for k, v in e.items() if k != "base_version"} for e in run_entries(adaptive=True)]
-    assert [x for x, _ in report.participant_series(latest_rounds(typed(unknown)), "loss")["p0"]] == [
+    assert [x for x, _ in charts.participant_series(latest_rounds(typed(unknown)), "loss")["p0"]] == [
         0,
         1,
         2,
@@ -184,7 +184,7 @@ def test_participant_eval_is_placed_at_the_round_that_made_the_model():
 
 
 def test_eval_series_skip_unevaluated_rounds():
-    composite, datasets = report.eval_series(latest_rounds(typed(run_entries())), "loss")
+    composite, datasets = charts.eval_series(latest_rounds(typed(run_entries())), "loss")
     assert composite == [(0, 2.0), (1, 1.5), (2, 1.125), (4, 1.25)]
     assert datasets["demo:eval"] == [(0, 2.25), (1, 1.625), (2, 1.1875), (4, 1.3125)]
 
@@ -196,13 +196,13 @@ def test_eval_series_skip_unevaluated_rounds():
 def figures(monkeypatch):
     """The figures write_charts saves, by file name, to inspect what was drawn."""
     saved = {}
-    original = report._save
+    original = charts._save
 
     def keep(fig, path):
         saved[path.name] = fig
         return original(fig, path)
 
-    monkeypatch.setattr(report, "_save", keep)
+    monkeypatch.setattr(charts, "_save", keep)
     return saved
 
 
@@ -217,7 +217,7 @@ def assert_png(path):
 
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_charts_are_valid_pngs_with_the_series(tmp_path, figures, adaptive):
-    paths = report.write_charts(typed(run_entries(adaptive=adaptive)), tmp_path / "charts")
+    paths = charts.write_charts(typed(run_entries(adaptive=adaptive)), tmp_path / "charts")
     assert [p.name for p in paths] == ["eval_loss.png", "hyperparameters.png"]
     for path in paths:
         assert_png(path)
@@ -248,8 +248,8 @@ def test_charts_are_valid_pngs_with_the_series(tmp_path, figures, adaptive):
 
 
 def test_charts_are_deterministic(tmp_path):
-    a = report.write_charts(typed(run_entries(adaptive=True)), tmp_path / "a")
-    b = report.write_charts(typed(run_entries(adaptive=True)), tmp_path / "b")
+    a = charts.write_charts(typed(run_entries(adaptive=True)), tmp_path / "a")
+    b = charts.write_charts(typed(run_entries(adaptive=True)), tmp_path / "b")
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
 
 
@@ -267,7 +267,7 @@ def test_charts_are_deterministic(tmp_path):
     ids=["nothing", "round-0-only", "one-round", "no-eval-at-all"],
 )
 def test_charts_cope_with_short_runs(tmp_path, entries):
-    paths = report.write_charts(typed(entries), tmp_path)
+    paths = charts.write_charts(typed(entries), tmp_path)
     assert {p.name for p in paths} == {"eval_loss.png", "hyperparameters.png"}
     for path in paths:
         assert_png(path)

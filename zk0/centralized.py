@@ -16,6 +16,7 @@ from pathlib import Path
 from lerobot.datasets.compute_stats import aggregate_stats
 from torch.utils.data import ConcatDataset
 
+from zk0.charts import write_charts
 from zk0.config import Config, config_to_toml
 from zk0.data import (
     Source,
@@ -36,7 +37,7 @@ from zk0.policy import (
     trainable_state,
 )
 from zk0.records import Best, Evaluation, Hyperparameters, RoundEntry
-from zk0.report import model_card, write_charts
+from zk0.report import model_card
 from zk0.reuse import reuse_run_dir
 from zk0.rundir import RunDir
 from zk0.tensors import encode_state
