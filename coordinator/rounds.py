@@ -13,21 +13,28 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
 from coordinator.adaptive import Decision
 from coordinator.aggregation import reusable_sums
 from coordinator.intake import evaluation_problem, keep_attempt, spool_attempt
 from coordinator.membership import Member, Membership, public_source, waiting_line
+from coordinator.round_state import (
+    POLL_SECONDS,
+    WAITING_LOG_S,
+    RoundState,
+    RunStopped,
+    Task,
+    TaskKind,
+    attempt_record,
+)
 from coordinator.screening import complete_distances, screened_aggregate
 from coordinator.store import RunStore
 from coordinator.strategies import Aggregate, RoundUpdates, Strategy
 from zk0.atomic_files import write_atomic
 from zk0.config import Config
 from zk0.errors import Zk0Error
-from zk0.records import Hyperparameters, Participants, Refused, RoundEntry, Seconds, Traffic, Update
+from zk0.records import RoundEntry
 from zk0.spool import SpoolReader
 from zk0.tensors import Manifest
 from zk0.transfer import ModelFile
@@ -35,58 +42,7 @@ from zk0.validation import Refusal, UpdateHeader, UpdateRejected, validate_updat
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.5
-WAITING_LOG_S = 10.0  # how often a coordinator waiting for participants says who it has
-
-
-class TaskKind(Enum):
-    """What a participant is told to do next: the values are the names of GetTaskResponse's `task` oneof."""
-
-    TRAIN = "train"
-    WAIT = "wait"
-    DONE = "done"
-
-
-@dataclass
-class Task:
-    """What a participant is told to do next; the fields of its kind apply, the others keep their defaults."""
-
-    kind: TaskKind
-    round: int = 0
-    version: str = ""
-    size: int = 0
-    manifest: Manifest | None = None
-    lr: float = 0.0
-    mu: float = 0.0
-    steps: int = 0
-    seed: int = 0
-    deadline_s: float = 0.0
-    wait_s: float = 0.0
-    reason: str = ""
-
-
-@dataclass
-class RoundState:
-    round: int
-    attempt: int
-    sampled: list[str]
-    deadline: float
-    started: float
-    accepted: dict[str, UpdateHeader] = field(default_factory=dict)
-    refused: dict[str, str] = field(default_factory=dict)
-    dropped: set[str] = field(default_factory=set)
-    evaluations: dict[str, dict[str, float]] = field(default_factory=dict)
-    uploading: set[str] = field(default_factory=set)  # at most one upload per participant at a time
-    distances: dict[str, float] = field(default_factory=dict)  # accepted update -> ||update - base||
-    bytes_down: int = 0
-    bytes_up: int = 0
-
-    def outstanding(self) -> set[str]:
-        return set(self.sampled) - set(self.accepted) - set(self.refused) - self.dropped
-
-
-class RunStopped(Zk0Error):
-    """The run cannot go on (no participants in time, rounds that never gather enough updates)."""
+__all__ = ["POLL_SECONDS", "Coordinator", "RoundState", "RunStopped", "Task", "TaskKind"]
 
 
 class Coordinator:
@@ -553,34 +509,13 @@ class Coordinator:
         # The mean (computed in the accumulator's own memory) streams to disk, never encoded in memory; the
         # file is hashed once for its version, and downloads are served from it.
         result = self._aggregate(state) if len(state.accepted) >= self.fed.min_updates else None
-        entry = RoundEntry(
-            round=state.round,
-            attempt=state.attempt,
+        entry = attempt_record(
+            state,
             base_version=self.global_version,
-            hyperparameters=Hyperparameters(
-                lr=self.plan.lr,
-                mu=self.plan.mu,
-                local_steps=self.config.train.local_steps,
-                lr_per_participant=dict(sorted(self.plan.lr_per_participant.items())),
-            ),
-            participants=Participants(
-                sampled=state.sampled,
-                accepted=sorted(state.accepted),
-                refused=[Refused(n, r) for n, r in sorted(state.refused.items())],
-                dropped=sorted(state.dropped),
-            ),
-            updates={
-                n: Update(
-                    dict(h.metrics),
-                    sample_count=h.sample_count,
-                    bytes=h.size,
-                    distance=state.distances.get(n),  # None: kept from a restart, never aggregated
-                )
-                for n, h in sorted(state.accepted.items())
-            },
-            participant_eval=dict(sorted(state.evaluations.items())),
-            bytes=Traffic(down=state.bytes_down, up=state.bytes_up),
-            seconds=Seconds(wait_participants=waited, train=train_s),
+            plan=self.plan,
+            local_steps=self.config.train.local_steps,
+            waited=waited,
+            train_s=train_s,
         )
         if result is None or not state.accepted or len(state.accepted) < self.fed.min_updates:
             log.warning(
@@ -594,9 +529,7 @@ class Coordinator:
         if result.server_state is not None:  # saved with the model: a resumed run continues from it
             self.store.write_server_state(state.round, result.server_state)
             self.strategy.load_server_state(result.server_state)
-        self._spare_sums = reusable_sums(
-            result.state
-        )  # the next round sums into these: no fresh model's worth
+        self._spare_sums = reusable_sums(result.state)  # the next round sums into these, no fresh model
         model = ModelFile(path, self.chunk_bytes)  # completed once on_round has recorded it (mark_completed)
         self._set_model(state.round, model)
         version = model.version
