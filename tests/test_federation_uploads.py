@@ -20,7 +20,8 @@ import torch
 from conftest import small_config
 
 from coordinator.server import CoordinatorServer, ServerOptions
-from participant.client import DOWNLOAD_ATTEMPTS, ClientOptions, ParticipantClient, description
+from participant.client import DOWNLOAD_ATTEMPTS, ClientOptions, ParticipantClient
+from participant.runtime import description
 from zk0.errors import Zk0Error
 from zk0.payload import sha256_hex
 from zk0.tensors import Manifest, decode_state, encode_state

@@ -388,7 +388,7 @@ def test_a_second_participant_process_under_a_live_name_stops_with_one_line(serv
 def test_the_coordinator_checks_joins_against_its_evaluation_datasets(demo_root, tmp_path):
     """The run's features come from the coordinator's evaluation datasets (coordinator/server.py)."""
     from coordinator.server import CoordinatorServer, ServerOptions
-    from participant.client import description
+    from participant.runtime import description
     from zk0.data import open_source
 
     config = small_config(demo_root)

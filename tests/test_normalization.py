@@ -7,7 +7,7 @@ import torch
 from conftest import small_config
 
 from coordinator.server import CoordinatorServer, ServerOptions
-from participant.client import ParticipantRuntime
+from participant.runtime import ParticipantRuntime
 from zk0.data import open_source
 from zk0.normalization import NORMALIZED, stats_from_json, stats_to_json, with_shared
 from zk0.v1 import federation_pb2 as pb

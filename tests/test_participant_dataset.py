@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from lerobot.datasets import LeRobotDataset
 
-from participant.client import ParticipantRuntime, description
+from participant.runtime import ParticipantRuntime, description
 from zk0.config import load_config
 from zk0.data import check_spec, open_source
 from zk0.demo import CAMERA_KEY, demo_features

@@ -159,7 +159,7 @@ def test_a_task_whose_tensors_differ_from_the_policy_is_refused_before_downloadi
     """The task's manifest is checked against the participant's own policy first: nothing is pulled."""
     from zk0.sources import open_source
 
-    from participant.client import ParticipantRuntime
+    from participant.runtime import ParticipantRuntime
     from zk0.errors import Zk0Error
 
     fed = federation(*ONE)

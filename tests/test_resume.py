@@ -16,7 +16,7 @@ from conftest import set_args, small_config, small_overrides
 from test_federation import BIN, client_thread, free_port, metrics, wait_for
 
 from coordinator.server import CoordinatorServer, ServerOptions
-from participant.client import description
+from participant.runtime import description
 from zk0.config import config_to_toml
 from zk0.data import open_source
 from zk0.payload import sha256_hex
