@@ -14,15 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zk0.errors import Zk0Error
+from zk0.config_checks import ConfigError, non_negative, one_of, positive
+from zk0.config_rules import AdaptiveConfig, StrategyConfig
 
 SCHEDULES = ("cosine", "cosine_restarts", "plateau")
 STRATEGIES = ("fedprox", "fedavg", "median", "trimmed_mean", "norm_bounded", "fedadam", "fedyogi")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
-
-
-class ConfigError(Zk0Error):
-    """A config problem; the message starts with the offending key."""
 
 
 @dataclass
@@ -37,8 +34,8 @@ class ModelConfig:
     train_state_proj: bool = True
 
     def check(self) -> None:
-        _positive("model.chunk_size", self.chunk_size)
-        _positive("model.n_action_steps", self.n_action_steps)
+        positive("model.chunk_size", self.chunk_size)
+        positive("model.n_action_steps", self.n_action_steps)
         if self.n_action_steps > self.chunk_size:
             raise ConfigError(
                 f"model.n_action_steps: {self.n_action_steps} exceeds model.chunk_size {self.chunk_size}"
@@ -62,14 +59,14 @@ class DataConfig:
     normalization: str = "local"
 
     def check(self) -> None:
-        _one_of("data.normalization", self.normalization, ("coordinator", "local"))
+        one_of("data.normalization", self.normalization, ("coordinator", "local"))
         if not self.participants:
             raise ConfigError("data.participants: at least one dataset is required")
-        _non_negative("data.heldout_episodes", self.heldout_episodes)
-        _positive("data.fps", self.fps)
-        _positive("data.state_dim", self.state_dim)
-        _positive("data.action_dim", self.action_dim)
-        _non_negative("data.num_workers", self.num_workers)
+        non_negative("data.heldout_episodes", self.heldout_episodes)
+        positive("data.fps", self.fps)
+        positive("data.state_dim", self.state_dim)
+        positive("data.action_dim", self.action_dim)
+        non_negative("data.num_workers", self.num_workers)
 
 
 @dataclass
@@ -82,9 +79,9 @@ class DemoConfig:
     participants: int = 3
 
     def check(self) -> None:
-        _positive("demo.episodes", self.episodes)
-        _positive("demo.frames_per_episode", self.frames_per_episode)
-        _positive("demo.participants", self.participants)
+        positive("demo.episodes", self.episodes)
+        positive("demo.frames_per_episode", self.frames_per_episode)
+        positive("demo.participants", self.participants)
 
 
 @dataclass
@@ -103,22 +100,22 @@ class TrainConfig:
     max_bad_batches: int = 10
 
     def check(self) -> None:
-        _positive("train.batch_size", self.batch_size)
-        _positive("train.lr", self.lr)
-        _positive("train.local_steps", self.local_steps)
-        _one_of("train.schedule", self.schedule, SCHEDULES)
-        _non_negative("train.min_lr", self.min_lr)
+        positive("train.batch_size", self.batch_size)
+        positive("train.lr", self.lr)
+        positive("train.local_steps", self.local_steps)
+        one_of("train.schedule", self.schedule, SCHEDULES)
+        non_negative("train.min_lr", self.min_lr)
         if self.min_lr > self.lr:
             raise ConfigError(f"train.min_lr: {self.min_lr} exceeds train.lr {self.lr}")
-        _positive("train.restart_steps", self.restart_steps)
+        positive("train.restart_steps", self.restart_steps)
         if not 0 < self.plateau_factor < 1:
             raise ConfigError(f"train.plateau_factor: {self.plateau_factor} must be in (0, 1)")
-        _non_negative("train.plateau_patience", self.plateau_patience)
-        _non_negative("train.grad_clip_norm", self.grad_clip_norm)
-        _one_of("train.precision", self.precision, PRECISIONS)
+        non_negative("train.plateau_patience", self.plateau_patience)
+        non_negative("train.grad_clip_norm", self.grad_clip_norm)
+        one_of("train.precision", self.precision, PRECISIONS)
         if self.device not in ("auto", "cpu") and not self.device.startswith(("cuda", "mps")):
             raise ConfigError(f"train.device: {self.device!r} is not one of auto, cpu, cuda[:N], mps")
-        _non_negative("train.max_bad_batches", self.max_bad_batches)
+        non_negative("train.max_bad_batches", self.max_bad_batches)
 
 
 @dataclass
@@ -160,74 +157,42 @@ class FederationConfig:
     join_burst: int = 50
 
     def check(self) -> None:
-        _positive("federation.rounds", self.rounds)
-        _one_of("federation.strategy", self.strategy, STRATEGIES)
-        _non_negative("federation.mu", self.mu)
-        _positive("federation.server_lr", self.server_lr)
-        _positive("federation.min_participants", self.min_participants)
+        positive("federation.rounds", self.rounds)
+        one_of("federation.strategy", self.strategy, STRATEGIES)
+        non_negative("federation.mu", self.mu)
+        positive("federation.server_lr", self.server_lr)
+        positive("federation.min_participants", self.min_participants)
         if not 0 < self.fraction <= 1:
             raise ConfigError(f"federation.fraction: {self.fraction} must be in (0, 1]")
-        _positive("federation.min_updates", self.min_updates)
+        positive("federation.min_updates", self.min_updates)
         if self.min_updates > self.min_participants:
             raise ConfigError(
                 f"federation.min_updates: {self.min_updates} exceeds federation.min_participants "
                 f"{self.min_participants}, so no round could ever aggregate"
             )
-        _positive("federation.join_timeout_s", self.join_timeout_s)
-        _one_of("federation.on_join_timeout", self.on_join_timeout, ("wait", "stop"))
-        _positive("federation.round_timeout_s", self.round_timeout_s)
-        _positive("federation.max_round_attempts", self.max_round_attempts)
-        _positive("federation.lease_s", self.lease_s)
+        positive("federation.join_timeout_s", self.join_timeout_s)
+        one_of("federation.on_join_timeout", self.on_join_timeout, ("wait", "stop"))
+        positive("federation.round_timeout_s", self.round_timeout_s)
+        positive("federation.max_round_attempts", self.max_round_attempts)
+        positive("federation.lease_s", self.lease_s)
         if not 1024 <= self.chunk_kib <= 4096:
             raise ConfigError(f"federation.chunk_kib: {self.chunk_kib} must be within 1024..4096 (1-4 MiB)")
-        _positive("federation.max_update_mib", self.max_update_mib)
-        _positive("federation.max_transfers", self.max_transfers)
-        _positive("federation.header_timeout_s", self.header_timeout_s)
-        _positive("federation.transfer_idle_timeout_s", self.transfer_idle_timeout_s)
-        _non_negative("federation.max_update_norm", self.max_update_norm)
+        positive("federation.max_update_mib", self.max_update_mib)
+        positive("federation.max_transfers", self.max_transfers)
+        positive("federation.header_timeout_s", self.header_timeout_s)
+        positive("federation.transfer_idle_timeout_s", self.transfer_idle_timeout_s)
+        non_negative("federation.max_update_norm", self.max_update_norm)
         factor = self.update_norm_median_factor
         if factor != 0 and not factor > 1:
             raise ConfigError(f"federation.update_norm_median_factor: {factor} must be > 1 (0 = off)")
-        _positive("federation.max_members", self.max_members)
+        positive("federation.max_members", self.max_members)
         if self.max_members < self.min_participants:
             raise ConfigError(
                 f"federation.max_members: {self.max_members} is below federation.min_participants "
                 f"{self.min_participants}, so the run could never start"
             )
-        _positive("federation.joins_per_second", self.joins_per_second)
-        _positive("federation.join_burst", self.join_burst)
-
-
-@dataclass
-class StrategyConfig:
-    """Options of the aggregation strategies (coordinator/strategies/): each is read by the one named."""
-
-    # trimmed_mean: the fraction of updates cut from each end at every coordinate, in [0, 0.5).
-    trim_fraction: float = 0.25
-    # norm_bounded: each update's L2 distance from the base model is scaled down to at most this.
-    clip_norm: float = 1.0
-    # fedadam / fedyogi: the server's step size, its moment decay rates, and the adaptivity floor tau.
-    eta: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 0.001
-
-    def check(self) -> None:
-        if not 0 <= self.trim_fraction < 0.5:
-            raise ConfigError(f"strategy.trim_fraction: {self.trim_fraction} must be in [0, 0.5)")
-        _positive("strategy.clip_norm", self.clip_norm)
-        _positive("strategy.eta", self.eta)
-        for key in ("beta1", "beta2"):
-            if not 0 <= getattr(self, key) < 1:
-                raise ConfigError(f"strategy.{key}: {getattr(self, key)} must be in [0, 1)")
-        _positive("strategy.tau", self.tau)
-
-    def check_against(self, federation: FederationConfig) -> None:
-        if federation.strategy in ("fedadam", "fedyogi") and federation.server_lr != 1.0:
-            raise ConfigError(
-                f"federation.server_lr: {federation.server_lr} is not read by {federation.strategy}, which "
-                "steps with strategy.eta; leave it at 1"
-            )
+        positive("federation.joins_per_second", self.joins_per_second)
+        positive("federation.join_burst", self.join_burst)
 
 
 @dataclass
@@ -242,114 +207,12 @@ class EvalConfig:
     action_error: bool = True
 
     def check(self) -> None:
-        _positive("eval.batch_size", self.batch_size)
-        _non_negative("eval.batches", self.batches)
-        _positive("eval.every", self.every)
+        positive("eval.batch_size", self.batch_size)
+        non_negative("eval.batches", self.batches)
+        positive("eval.every", self.every)
 
     def due(self, round_idx: int, last_round: int) -> bool:
         return round_idx == 0 or round_idx == last_round or round_idx % self.every == 0
-
-
-@dataclass
-class AdaptiveConfig:
-    """Adaptive hyperparameters (coordinator/adaptive.py): each rule is off unless its switch is true.
-
-    Every rule reads the run's history only (mu, lr, participant training losses and composite evaluation
-    loss per round), so a resumed coordinator replays it to the same values. A value exactly at a threshold
-    never fires a rule.
-    """
-
-    # Dynamic mu: raise mu (x mu_factor, up to mu_max) when the population std of the participants' training
-    # losses in a round exceeds mu_spread_threshold; divide it by mu_factor (down to mu_min) each time the
-    # spread has stayed below the threshold for mu_calm_rounds consecutive rounds; multiply it by mu_decay
-    # every round (1 = no decay).
-    mu_dynamic: bool = False
-    mu_spread_threshold: float = 0.1
-    mu_factor: float = 2.0
-    mu_min: float = 0.001
-    mu_max: float = 1.0
-    mu_calm_rounds: int = 2
-    mu_decay: float = 1.0
-    # Server LR: over the last lr_window evaluations made at the current LR, a relative rise of the composite
-    # evaluation loss above lr_diverge_tolerance multiplies the LR by lr_diverge_factor; otherwise a relative
-    # improvement below lr_stall_tolerance multiplies it by lr_stall_factor. Clamped to [lr_min, lr_max].
-    lr_adjust: bool = False
-    lr_window: int = 3
-    lr_stall_tolerance: float = 0.01
-    lr_stall_factor: float = 0.5
-    lr_diverge_tolerance: float = 0.1
-    lr_diverge_factor: float = 0.5
-    lr_min: float = 1e-6
-    lr_max: float = 1e-2
-    # Per-participant boost: a participant whose training loss exceeds boost_k x the mean of the round's
-    # losses trains next round at boost_factor x the server LR (clamped to [lr_min, lr_max]).
-    lr_boost: bool = False
-    boost_k: float = 1.5
-    boost_factor: float = 1.5
-    # Spike guard: when the composite evaluation loss rises by more than spike_threshold (relative) over the
-    # best of the previous spike_window evaluations, hold mu and lr as they are and boost nobody; with
-    # spike_rollback the next round also starts from the best global model so far.
-    spike_guard: bool = False
-    spike_threshold: float = 0.5
-    spike_window: int = 3
-    spike_rollback: bool = False
-
-    def check(self) -> None:
-        _positive("adaptive.mu_spread_threshold", self.mu_spread_threshold)
-        if self.mu_factor <= 1:
-            raise ConfigError(f"adaptive.mu_factor: {self.mu_factor} must be > 1")
-        _positive("adaptive.mu_min", self.mu_min)
-        if self.mu_max < self.mu_min:
-            raise ConfigError(f"adaptive.mu_max: {self.mu_max} is below adaptive.mu_min {self.mu_min}")
-        _positive("adaptive.mu_calm_rounds", self.mu_calm_rounds)
-        if not 0 < self.mu_decay <= 1:
-            raise ConfigError(f"adaptive.mu_decay: {self.mu_decay} must be in (0, 1]")
-        if self.lr_window < 2:
-            raise ConfigError(f"adaptive.lr_window: {self.lr_window} must be >= 2 (a trend needs two points)")
-        _non_negative("adaptive.lr_stall_tolerance", self.lr_stall_tolerance)
-        _factor("adaptive.lr_stall_factor", self.lr_stall_factor)
-        _non_negative("adaptive.lr_diverge_tolerance", self.lr_diverge_tolerance)
-        _factor("adaptive.lr_diverge_factor", self.lr_diverge_factor)
-        _positive("adaptive.lr_min", self.lr_min)
-        if self.lr_max < self.lr_min:
-            raise ConfigError(f"adaptive.lr_max: {self.lr_max} is below adaptive.lr_min {self.lr_min}")
-        if self.boost_k < 1:
-            raise ConfigError(f"adaptive.boost_k: {self.boost_k} must be >= 1 (k x the mean loss)")
-        if self.boost_factor <= 1:
-            raise ConfigError(f"adaptive.boost_factor: {self.boost_factor} must be > 1")
-        _positive("adaptive.spike_threshold", self.spike_threshold)
-        _positive("adaptive.spike_window", self.spike_window)
-
-    def check_against(self, federation: FederationConfig, train: TrainConfig) -> None:
-        """The starting values must lie within the clamps, as the config documents: train.lr within
-        [lr_min, lr_max] always (they bound every LR a participant is sent), federation.mu within
-        [mu_min, mu_max] whenever participants train with it (fedprox)."""
-        if self.mu_dynamic and federation.strategy != "fedprox":
-            raise ConfigError(
-                f'adaptive.mu_dynamic: needs federation.strategy = "fedprox" '
-                f"({federation.strategy} trains with mu = 0)"
-            )
-        if federation.strategy == "fedprox":
-            if federation.mu < self.mu_min:
-                raise ConfigError(
-                    f"federation.mu: {federation.mu} is below adaptive.mu_min {self.mu_min} "
-                    f'(mu must lie within [mu_min, mu_max]; for mu = 0 use federation.strategy = "fedavg")'
-                )
-            if federation.mu > self.mu_max:
-                raise ConfigError(
-                    f"federation.mu: {federation.mu} exceeds adaptive.mu_max {self.mu_max} "
-                    "(mu must lie within [mu_min, mu_max])"
-                )
-        if train.lr < self.lr_min:
-            raise ConfigError(
-                f"train.lr: {train.lr} is below adaptive.lr_min {self.lr_min} "
-                "(lr must lie within [lr_min, lr_max])"
-            )
-        if train.lr > self.lr_max:
-            raise ConfigError(
-                f"train.lr: {train.lr} exceeds adaptive.lr_max {self.lr_max} "
-                "(lr must lie within [lr_min, lr_max])"
-            )
 
 
 @dataclass
@@ -488,23 +351,3 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if not isinstance(value, hint):
         raise ConfigError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
     return value
-
-
-def _positive(key: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"{key}: must be > 0, got {value}")
-
-
-def _non_negative(key: str, value: float) -> None:
-    if value < 0:
-        raise ConfigError(f"{key}: must be >= 0, got {value}")
-
-
-def _factor(key: str, value: float) -> None:
-    if not 0 < value < 1:
-        raise ConfigError(f"{key}: {value} must be in (0, 1)")
-
-
-def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
