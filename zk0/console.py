@@ -16,6 +16,7 @@ from zk0.interrupts import Interrupted, install_handlers
 
 def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace, prog: str) -> int:
     setup_logging(getattr(args, "verbose", False))
+    quiet_progress_bars()
     install_handlers()
     try:
         return func(args) or 0
@@ -52,14 +53,19 @@ def quiet_libraries() -> None:
         logger.handlers.clear()
         logger.propagate = True
     if not sys.stderr.isatty():
-        # datasets' "Generating train split" bars are noise in a log file. lerobot's SuppressProgressBars
-        # turns them back on when it exits, so disable_progress_bars() does not last; this variable has
-        # priority over both, and datasets reads it when first imported (commands import it lazily, later).
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-        warnings.filterwarnings("ignore", "Cannot enable progress bars", UserWarning)  # lerobot's re-enable
         import datasets
 
         datasets.disable_progress_bars()
+
+
+def quiet_progress_bars() -> None:
+    """Without a terminal, datasets' "Generating train split" bars are noise in a log file. lerobot's
+    SuppressProgressBars turns them back on when it exits, so disable_progress_bars() does not last; this
+    variable has priority over both, and datasets reads it once, when first imported: so this runs before
+    any command imports anything."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        warnings.filterwarnings("ignore", "Cannot enable progress bars", UserWarning)  # lerobot's re-enable
 
 
 def add_config_args(p: argparse.ArgumentParser, *, default: Path | None = Path("configs/demo.toml")) -> None:
