@@ -34,9 +34,9 @@ def poisoning_client(scale: float):
     from zk0.tensors import decode_state, encode_state
 
     class PoisoningClient(ParticipantClient):
-        def local_update(self, runtime, hp):
+        def local_update(self, runtime, hp, deadline):
             base = {k: v.clone() for k, v in trainable_state(runtime.bundle.policy).items()}
-            result, payload = super().local_update(runtime, hp)
+            result, payload = super().local_update(runtime, hp, deadline)
             trained = decode_state(payload)
             poisoned = {
                 k: (base[k].float() - scale * (t.float() - base[k].float())).to(t.dtype)
