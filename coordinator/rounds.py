@@ -17,6 +17,7 @@ from pathlib import Path
 
 from coordinator.adaptive import Decision
 from coordinator.aggregation import reusable_sums
+from coordinator.global_model import GlobalModel
 from coordinator.intake import evaluation_problem, keep_attempt, spool_attempt
 from coordinator.membership import Member, Membership, public_source, waiting_line
 from coordinator.round_state import (
@@ -31,11 +32,9 @@ from coordinator.round_state import (
 from coordinator.screening import complete_distances, screened_aggregate
 from coordinator.store import RunStore
 from coordinator.strategies import Aggregate, RoundUpdates, Strategy
-from zk0.atomic_files import write_atomic
 from zk0.config import Config
 from zk0.errors import Zk0Error
 from zk0.records import RoundEntry
-from zk0.spool import SpoolReader
 from zk0.tensors import Manifest
 from zk0.transfer import ModelFile
 from zk0.validation import Refusal, UpdateHeader, UpdateRejected, validate_update
@@ -78,71 +77,45 @@ class Coordinator:
         self._told_done: set[str] = set()
         self.strategy = strategy
         self.plan = strategy.plan([])
-        self.global_round = 0
-        self.global_version = ""
-        self._model: ModelFile | None = None
+        self.model = GlobalModel(store, self.chunk_bytes)
         self._spare_sums: dict | None = None  # last round's mean, kept to sum the next round into
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------ the global model
 
-    def set_global(self, round_idx: int, data: bytes, version: str) -> None:
-        """Make `data` (version `version`) the global model of `round_idx`. It is served from the store's
-        file for that round (`RunStore.save_global` writes it; written here if missing), not from memory."""
-        path = self.store.model_path(round_idx)
-        if not path.exists():
-            write_atomic(path, data)
-        model = ModelFile(path, self.chunk_bytes)
-        if model.version != version:
-            model.close()
-            raise Zk0Error(
-                f"{path} does not hold global model {version[:12]} (it hashes to {model.version[:12]})"
-            )
-        self._set_model(round_idx, model)
+    @property
+    def global_round(self) -> int:
+        return self.model.round
 
-    def roll_back(self, round_idx: int, data: bytes, version: str) -> None:
-        """Serve `data` (the best model so far) as the global model after `round_idx`: the spike guard's
-        rollback. It gets a file of its own, since the round's file holds the model it replaces."""
-        path = self.store.model_path(round_idx).with_suffix(".rollback.safetensors")
-        write_atomic(path, data)
-        model = ModelFile(path, self.chunk_bytes)
-        if model.version != version:
-            model.close()
-            raise Zk0Error(f"{path} does not hold the best model {version[:12]}")
-        self._set_model(round_idx, model)
+    @property
+    def global_version(self) -> str:
+        return self.model.version
 
-    def _set_model(self, round_idx: int, model: ModelFile) -> None:
-        with self._cond:
-            self.global_round, self._model, self.global_version = round_idx, model, model.version
+    @property
+    def global_size(self) -> int:
+        return self.model.size
 
     @property
     def global_bytes(self) -> bytes:
         """A copy of the global model's bytes, read from its file."""
-        return self._model.read_bytes() if self._model is not None else b""
+        return self.model.read_bytes()
 
-    @property
-    def global_size(self) -> int:
-        return self._model.size if self._model is not None else 0
+    def set_global(self, round_idx: int, data: bytes, version: str) -> None:
+        self.model.open(round_idx, data, version)
+
+    def roll_back(self, round_idx: int, data: bytes, version: str) -> None:
+        self.model.roll_back(round_idx, data, version)
+
+    def global_state(self):
+        return self.model.state()
+
+    def model_file(self, version: str) -> ModelFile:
+        return self.model.serving(version)
 
     def set_plan(self, plan: Decision) -> None:
         """The mu and learning rates the next round's participants will receive."""
         with self._cond:
             self.plan = plan
-
-    def global_state(self):
-        """The global model's tensors, sorted by name, read from its file one tensor at a time."""
-        with SpoolReader(self._model.path) as reader:
-            return {name: reader[name] for name in reader}
-
-    def model_bytes(self, version: str) -> bytes:
-        return self.model_file(version).read_bytes()
-
-    def model_file(self, version: str) -> ModelFile:
-        """The global model, if `version` is still its version (KeyError otherwise), to serve downloads."""
-        with self._cond:
-            if version != self.global_version or self._model is None:
-                raise KeyError(version)
-            return self._model
 
     # ------------------------------------------------------------------ membership
 
@@ -309,7 +282,7 @@ class Coordinator:
                 )
                 raise UpdateRejected(Refusal.NOT_IN_ROUND, f"participant {name}: {why}")
             state.uploading.add(name)
-            base = self._model.path
+            base = self.model.path
         try:
             self._take_upload(state, header, chunks, base)
         finally:
@@ -487,10 +460,10 @@ class Coordinator:
             n: (self.store.update_path(state.round, n), float(h.sample_count))
             for n, h in state.accepted.items()
         }
-        complete_distances(updates, state.distances, self._model.path)
+        complete_distances(updates, state.distances, self.model.path)
         result, dropped = screened_aggregate(
             self.strategy,
-            RoundUpdates(state.round, self.manifest, self._model.path, updates, dict(state.distances), reuse),
+            RoundUpdates(state.round, self.manifest, self.model.path, updates, dict(state.distances), reuse),
             bounds=dict(max_norm=self.fed.max_update_norm, factor=self.fed.update_norm_median_factor),
             min_updates=self.fed.min_updates,
         )
@@ -530,9 +503,7 @@ class Coordinator:
             self.store.write_server_state(state.round, result.server_state)
             self.strategy.load_server_state(result.server_state)
         self._spare_sums = reusable_sums(result.state)  # the next round sums into these, no fresh model
-        model = ModelFile(path, self.chunk_bytes)  # completed once on_round has recorded it (mark_completed)
-        self._set_model(state.round, model)
-        version = model.version
+        version = self.model.adopt(state.round, path)  # completed once on_round records it (mark_completed)
         entry.version = version
         entry.aggregation = {"strategy": self.strategy.name, **result.stats}
         entry.seconds.aggregate = self.clock() - started

@@ -157,9 +157,8 @@ def test_a_straggler_stops_training_at_the_round_deadline_and_uploads_nothing(de
 @pytest.mark.slow
 def test_a_task_whose_tensors_differ_from_the_policy_is_refused_before_downloading(federation, demo_root):
     """The task's manifest is checked against the participant's own policy first: nothing is pulled."""
-    from zk0.data import open_source
-
     from participant.runtime import ParticipantRuntime
+    from zk0.data import open_source
     from zk0.errors import Zk0Error
 
     fed = federation(*ONE)
