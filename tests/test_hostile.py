@@ -80,7 +80,7 @@ def test_one_hostile_participant_of_four_moves_fedavg_far_and_no_robust_strategy
 @pytest.mark.parametrize("strategy", ["fedadam", "fedyogi"])
 def test_server_optimizers_run_a_round_over_grpc_and_save_their_moments(tmp_path, strategy):
     model, honest_mean, base, entry, _ = play_round(tmp_path, strategy)
-    eta = 0.01 * (1 - 0.99) ** 0.5 / (1 - 0.9)  # bias-corrected, step 1
+    eta = 0.03 * (1 - 0.99) ** 0.5 / (1 - 0.9)  # configs/demo.toml's strategy.eta, bias-corrected, step 1
     assert entry.aggregation == {"strategy": strategy, "server_step": 1, "eta": pytest.approx(eta)}
     moments = list((tmp_path / "run" / "models").glob("round-0001.strategy.safetensors"))
     assert moments, "the server state was not saved with the round's model"
