@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zk0.config import AdaptiveConfig
-from zk0.records import RoundEntry, latest_rounds
+from zk0.records import Adaptive, RoundEntry, latest_rounds
 
 
 @dataclass(frozen=True)
@@ -63,16 +63,20 @@ class Decision:
     def lr_for(self, participant: str) -> float:
         return self.lr_per_participant.get(participant, self.lr)
 
+    def to_record(self) -> Adaptive:
+        """The decision as the round record keeps it (zk0.records.Adaptive)."""
+        return Adaptive(
+            self.mu,
+            self.lr,
+            dict(sorted(self.lr_per_participant.items())),
+            list(self.rules),
+            self.hold,
+            self.rollback,
+        )
+
     def to_metrics(self) -> dict[str, Any]:
         """JSON-ready values for metrics.jsonl."""
-        return {
-            "mu": self.mu,
-            "lr": self.lr,
-            "lr_per_participant": dict(sorted(self.lr_per_participant.items())),
-            "adaptive_rules": list(self.rules),
-            "adaptive_hold": self.hold,
-            "adaptive_rollback": self.rollback,
-        }
+        return self.to_record().to_json()
 
 
 def decide(

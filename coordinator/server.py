@@ -34,7 +34,7 @@ from zk0.policy import (
     resolve_device,
     trainable_state,
 )
-from zk0.records import Adaptive, Best, Evaluation, RoundEntry
+from zk0.records import Best, Evaluation, RoundEntry
 from zk0.report import model_card
 from zk0.tensors import Manifest, decode_state, encode_state
 from zk0.transport import GRPC_OPTIONS, is_loopback, server_credentials
@@ -161,7 +161,7 @@ class CoordinatorServer:
             entry.best = Best.from_json(best[0])
         decision = self._decide([*self.store.run.read_records(), entry])
         if self.adaptive_on:
-            entry.adaptive = Adaptive.from_json(decision.to_metrics())
+            entry.adaptive = decision.to_record()
             for rule in decision.rules:
                 log.info("round %d: %s", round_idx, rule)
         self.store.run.record(entry, step=round_idx)
