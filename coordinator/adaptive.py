@@ -32,7 +32,6 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from zk0.config import AdaptiveConfig
 from zk0.records import Adaptive, RoundEntry, latest_rounds
@@ -73,10 +72,6 @@ class Decision:
             self.hold,
             self.rollback,
         )
-
-    def to_metrics(self) -> dict[str, Any]:
-        """JSON-ready values for metrics.jsonl."""
-        return self.to_record().to_json()
 
 
 def decide(

@@ -79,7 +79,6 @@ class Coordinator:
         self.plan = strategy.plan([])
         self.model = GlobalModel(store, self.chunk_bytes)
         self._spare_sums: dict | None = None  # last round's mean, kept to sum the next round into
-        self.history: list[dict] = []
 
     # ------------------------------------------------------------------ the global model
 

@@ -306,7 +306,7 @@ def test_no_spike_without_an_earlier_evaluation_or_a_new_one():
 
 def test_decision_metrics_are_json_ready():
     decision = Decision(mu=0.02, lr=LR, lr_per_participant={"b": 2e-3, "a": 3e-3}, rules=["x"], hold=True)
-    assert decision.to_metrics() == {
+    assert decision.to_record().to_json() == {
         "mu": 0.02,
         "lr": LR,
         "lr_per_participant": {"a": 3e-3, "b": 2e-3},

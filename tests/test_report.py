@@ -99,8 +99,8 @@ def run_entries(*, adaptive: bool = False) -> list[dict]:
     version) and redone; round 3 not evaluated; round 4 final, worse than the best (round 2)."""
 
     def ad(**kw):
-        """What the coordinator writes: Decision.to_metrics() of the decision taken after the round."""
-        return {"adaptive": Decision(**kw).to_metrics()} if adaptive else {}
+        """What the coordinator writes: Decision.to_record() of the decision taken after the round."""
+        return {"adaptive": Decision(**kw).to_record().to_json()} if adaptive else {}
 
     return [
         {"round": 0, "version": "v0", "eval": evaluation(2.25, 1.875, 2.0, mae=0.9)},
